@@ -1,0 +1,190 @@
+"""Feature spec: which columns a record has, how each becomes an embedding, the labels.
+
+A spec is YAML::
+
+  features:
+    - {name: user_id, type: categorical, num_buckets: 5000}          # int ids in [0, N)
+    - {name: city, type: categorical, dtype: string, vocab_file: vocab/city.txt, min_count: 5}
+    - {name: query, type: categorical, dtype: string, hash_buckets: 100000}
+    - {name: price, type: numeric, transform: log_bucketize, boundaries: [0.5, 1.0, 2.0]}
+    - {name: score, type: numeric, transform: dense, mean: 0.3, std: 0.1}
+    - {name: history, type: multi_categorical, num_buckets: 5000, max_len: 20, combiner: mean}
+  labels: {click: click, pay: pay}
+  group_id: user_id            # GAUC groups; optional
+  oracle: {click: oracle_click, pay: oracle_pay}   # optional true probabilities (synthetic data)
+
+Embedding row 0 is shared by OOV, missing and padding values of a feature. A
+``vocab_file`` has one value per line, optionally ``value<TAB>count``; with counts,
+values seen ``<= min_count`` times map to OOV.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Optional
+
+import yaml
+
+from ssr_tf.config import from_dict
+from ssr_tf.errors import ConfigError
+
+FEATURE_TYPES = ("categorical", "numeric", "multi_categorical")
+
+
+@dataclasses.dataclass
+class Feature:
+  """One input feature.
+
+  Attributes:
+    name: key in the tf.Example.
+    type: categorical | numeric | multi_categorical.
+    dtype: int64 or string (categorical kinds); numeric features are float32.
+    num_buckets: identity ids in [0, num_buckets); anything else is OOV.
+    vocab_file: vocabulary, one value (optionally value<TAB>count) per line.
+    min_count: with counted vocabularies, values seen <= min_count times map to OOV.
+    hash_buckets: hash the value's string form into this many buckets.
+    transform: numeric only: log_bucketize (sign(v)*log1p|v|, then bucketize) or dense.
+    boundaries: bucket boundaries on the log1p scale (log_bucketize).
+    mean: dense numerics are standardised as (v - mean) / std.
+    std: see mean.
+    max_len: multi_categorical: values kept per record (padding/truncation).
+    combiner: multi_categorical pooling: mean or sum over present values.
+    embedding_dim: overrides model.embedding_dim for this feature.
+  """
+  name: str = ""
+  type: str = "categorical"
+  dtype: str = "int64"
+  num_buckets: Optional[int] = None
+  vocab_file: Optional[str] = None
+  min_count: int = 0
+  hash_buckets: Optional[int] = None
+  transform: str = "log_bucketize"
+  boundaries: list[float] = dataclasses.field(default_factory=list)
+  mean: float = 0.0
+  std: float = 1.0
+  max_len: int = 1
+  combiner: str = "mean"
+  embedding_dim: Optional[int] = None
+
+  @property
+  def is_categorical(self) -> bool:
+    return self.type in ("categorical", "multi_categorical")
+
+  def vocabulary(self) -> list:
+    """Vocabulary values kept after the min_count rule (vocab_file features)."""
+    values = []
+    for line in pathlib.Path(self.vocab_file).read_text().splitlines():
+      if not line:
+        continue
+      value, _, count = line.partition("\t")
+      if count and int(count) <= self.min_count:
+        continue
+      values.append(int(value) if self.dtype == "int64" else value)
+    return values
+
+  def table_size(self) -> int:
+    """Rows of the embedding table (row 0 = OOV/missing); 0 for dense numerics."""
+    if self.type == "numeric":
+      return 0 if self.transform == "dense" else len(self.boundaries) + 2
+    if self.num_buckets is not None:
+      return self.num_buckets + 1
+    if self.hash_buckets is not None:
+      return self.hash_buckets + 1
+    return len(self.vocabulary()) + 1
+
+
+@dataclasses.dataclass
+class FeatureSpec:
+  """Features, labels and optional group id / oracle columns of a data set."""
+  features: list[Feature] = dataclasses.field(default_factory=list)
+  labels: dict[str, str] = dataclasses.field(
+      default_factory=lambda: {"click": "click", "pay": "pay"})
+  group_id: Optional[str] = None
+  oracle: dict[str, str] = dataclasses.field(default_factory=dict)
+
+  def validate(self, base_dir: Optional[pathlib.Path] = None, where: str = "spec") -> None:
+    if not self.features:
+      raise ConfigError(f"{where}: 'features' is empty")
+    names = set()
+    for i, f in enumerate(self.features):
+      path = f"{where}: features[{i}] ({f.name or '?'})"
+      if not f.name:
+        raise ConfigError(f"{path}: 'name' is required")
+      if f.name in names:
+        raise ConfigError(f"{path}: duplicate feature name")
+      names.add(f.name)
+      if f.type not in FEATURE_TYPES:
+        raise ConfigError(f"{path}.type: {f.type!r} is not one of {FEATURE_TYPES}")
+      if f.is_categorical:
+        if f.dtype not in ("int64", "string"):
+          raise ConfigError(f"{path}.dtype: must be int64 or string, got {f.dtype!r}")
+        sources = [k for k in ("num_buckets", "vocab_file", "hash_buckets")
+                   if getattr(f, k) is not None]
+        if len(sources) != 1:
+          raise ConfigError(f"{path}: give exactly one of num_buckets, vocab_file, hash_buckets")
+        if f.num_buckets is not None and f.dtype != "int64":
+          raise ConfigError(f"{path}.num_buckets: needs dtype int64 (use vocab_file or "
+                            "hash_buckets for strings)")
+        if f.vocab_file is not None:
+          vf = pathlib.Path(f.vocab_file)
+          if not vf.is_absolute() and base_dir is not None:
+            f.vocab_file = str(base_dir / vf)
+          if not pathlib.Path(f.vocab_file).is_file():
+            raise ConfigError(f"{path}.vocab_file: file not found: {f.vocab_file}")
+        for k in ("num_buckets", "hash_buckets"):
+          if getattr(f, k) is not None and getattr(f, k) <= 0:
+            raise ConfigError(f"{path}.{k}: must be > 0")
+        if f.type == "multi_categorical":
+          if f.max_len <= 0:
+            raise ConfigError(f"{path}.max_len: must be > 0")
+          if f.combiner not in ("mean", "sum"):
+            raise ConfigError(f"{path}.combiner: must be mean or sum")
+      else:
+        f.dtype = "float32"
+        if f.transform not in ("log_bucketize", "dense"):
+          raise ConfigError(f"{path}.transform: must be log_bucketize or dense")
+        if f.transform == "log_bucketize":
+          if not f.boundaries:
+            raise ConfigError(f"{path}.boundaries: log_bucketize needs boundaries")
+          if any(b2 <= b1 for b1, b2 in zip(f.boundaries, f.boundaries[1:])):
+            raise ConfigError(f"{path}.boundaries: must be increasing")
+        if f.std <= 0:
+          raise ConfigError(f"{path}.std: must be > 0")
+    if "click" not in self.labels:
+      raise ConfigError(f"{where}: labels.click is required")
+    for task in self.labels:
+      if task not in ("click", "pay"):
+        raise ConfigError(f"{where}: labels.{task}: tasks are click and pay")
+
+  @property
+  def feature_names(self) -> list[str]:
+    return [f.name for f in self.features]
+
+  def has_pay(self) -> bool:
+    return "pay" in self.labels
+
+  def to_yaml(self) -> str:
+    d = dataclasses.asdict(self)
+    d["features"] = [{k: v for k, v in f.items() if v not in (None, [], "")
+                      and not (k in _DEFAULTS and _DEFAULTS[k] == v)} | {"name": f["name"],
+                                                                        "type": f["type"]}
+                     for f in d["features"]]
+    return yaml.safe_dump(d, sort_keys=False)
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Feature)
+             if f.default is not dataclasses.MISSING}
+
+
+def load_spec(path: str) -> FeatureSpec:
+  """Reads and validates a feature spec; vocab_file paths resolve against its folder."""
+  p = pathlib.Path(path)
+  if not p.is_file():
+    raise ConfigError(f"feature spec not found: {path}")
+  try:
+    raw = yaml.safe_load(p.read_text()) or {}
+  except yaml.YAMLError as e:
+    raise ConfigError(f"feature spec {path}: not valid YAML ({e})") from None
+  spec = from_dict(FeatureSpec, raw, path="")
+  spec.validate(base_dir=p.resolve().parent, where=f"feature spec {path}")
+  return spec
