@@ -46,62 +46,17 @@ class DataConfig:
 
 
 @dataclasses.dataclass
-class SSRConfig:
-  """SSR backbone: L stacked SSR layers of b views of width d_v.
-
-  Attributes:
-    mode: "static" (SSR-S, random gather) or "dynamic" (SSR-D, projection + ICS).
-    num_layers: L.
-    num_views: b.
-    view_dim: d_v, the width of each view's output.
-    expanded_dim: d_v* for dynamic mode (defaults to 2 * view_dim).
-    ics_iters: T, ICS iterations.
-    alpha_init: initial ICS extinction rate.
-    activation: fusion activation sigma.
-    residual: add a residual connection between consecutive SSR layers of equal width.
-    seed: seed of the static index draw (layer l uses seed + l).
-    impl: "tf", "fused" or "auto" (fused op when its library loads).
-  """
-  mode: str = "dynamic"
-  num_layers: int = 2
-  num_views: int = 8
-  view_dim: int = 32
-  expanded_dim: Optional[int] = None
-  ics_iters: int = 5
-  alpha_init: float = 0.1
-  activation: str = "gelu"
-  residual: bool = False
-  seed: int = 0
-  impl: str = "tf"
-
-
-@dataclasses.dataclass
-class DNNConfig:
-  """MLP backbone.
-
-  Attributes:
-    hidden_units: widths of the hidden layers.
-    activation: hidden activation.
-    dropout: dropout rate after each hidden layer.
-  """
-  hidden_units: list[int] = dataclasses.field(default_factory=lambda: [400, 400, 400])
-  activation: str = "relu"
-  dropout: float = 0.0
-
-
-@dataclasses.dataclass
 class ModelConfig:
   """Ranking model: embeddings -> backbone -> click and pay heads.
 
   Attributes:
-    name: backbone, one of ssr_tf.models.BACKBONES.
-    embedding_dim: default embedding width of every feature.
+    name: backbone, one of ssr_tf.models.registry.BACKBONES (ssr, dnn, ...).
+    embedding_dim: embedding width of every feature (field embeddings are [batch, F, dim]).
     embedding_l2: L2 penalty on the embedding rows used in a batch.
     pay_mode: "independent" (own pay head) or "esmm" (p_pay = p_click * p_cvr).
     loss_weights: per-task loss weights, keys "click" and "pay".
-    ssr: SSR backbone settings (name "ssr").
-    dnn: MLP backbone settings (name "dnn").
-    backbone: settings of other backbones, free-form, checked by the backbone itself.
+    backbone: settings of the chosen backbone; their typed dataclass is registered with
+      the backbone (e.g. ssr_tf.models.ssr.SSRBackboneConfig) and checked key by key.
   """
   name: str = "ssr"
   embedding_dim: int = 16
@@ -109,8 +64,6 @@ class ModelConfig:
   pay_mode: str = "independent"
   loss_weights: dict[str, float] = dataclasses.field(
       default_factory=lambda: {"click": 1.0, "pay": 1.0})
-  ssr: SSRConfig = dataclasses.field(default_factory=SSRConfig)
-  dnn: DNNConfig = dataclasses.field(default_factory=DNNConfig)
   backbone: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -146,7 +99,6 @@ class ExperimentConfig:
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-  extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def validate(self) -> None:
     """Rejects values no component could use; errors name the key path."""
@@ -157,23 +109,12 @@ class ExperimentConfig:
            "must be 'independent' or 'esmm'")
     for task in self.model.loss_weights:
       _check(task in ("click", "pay"), f"model.loss_weights.{task}", "tasks are 'click' and 'pay'")
-    s = self.model.ssr
-    _check(s.mode in ("static", "dynamic"), "model.ssr.mode", "must be 'static' or 'dynamic'")
-    _check(s.impl in ("tf", "fused", "auto"), "model.ssr.impl", "must be 'tf', 'fused' or 'auto'")
-    for key in ("num_layers", "num_views", "view_dim", "ics_iters"):
-      _check(getattr(s, key) > 0, f"model.ssr.{key}", "must be > 0")
-    if s.expanded_dim is not None:
-      _check(s.expanded_dim > s.view_dim, "model.ssr.expanded_dim", "must be > model.ssr.view_dim")
-    _check(all(u > 0 for u in self.model.dnn.hidden_units), "model.dnn.hidden_units",
-           "every width must be > 0")
-    _check(0.0 <= self.model.dnn.dropout < 1.0, "model.dnn.dropout", "must be in [0, 1)")
     _check(self.train.epochs > 0, "train.epochs", "must be > 0")
     _check(self.train.learning_rate > 0, "train.learning_rate", "must be > 0")
     _check(self.train.optimizer in ("adam", "adagrad"), "train.optimizer",
            "must be 'adam' or 'adagrad'")
-    from ssr_tf.models import BACKBONES  # pylint: disable=import-outside-toplevel
-    _check(self.model.name in BACKBONES, "model.name",
-           f"unknown model {self.model.name!r}; choose one of {sorted(BACKBONES)}")
+    from ssr_tf.models import registry  # pylint: disable=import-outside-toplevel
+    registry.backbone_config(self.model)  # raises ConfigError naming model.name / model.backbone.*
 
 
 def _check(ok: bool, path: str, why: str) -> None:

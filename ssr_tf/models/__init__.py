@@ -1,0 +1,2 @@
+"""Ranking models: field embeddings -> registered backbone -> click / pay heads."""
+import ssr_tf  # noqa: F401
