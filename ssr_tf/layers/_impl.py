@@ -18,14 +18,17 @@ def use_fused(impl: str) -> bool:
   global _warned
   if impl == "tf":
     return False
-  from ssr_tf import ops  # pylint: disable=import-outside-toplevel
-  if ops.is_available():
-    return True
+  try:
+    from ssr_tf import ops  # pylint: disable=import-outside-toplevel
+    if ops.is_available():
+      return True
+    why = ops.load_error()
+  except ImportError as e:
+    why = str(e)
   if impl == "fused":
-    raise RuntimeError(f"impl='fused' but the ssr_tf op library did not load: "
-                       f"{ops.load_error()} (run `make ops`)")
+    raise RuntimeError(f"impl='fused' but the ssr_tf op library did not load: {why} "
+                       "(run `make ops`)")
   if not _warned:
-    logging.warning("ssr_tf fused op unavailable (%s); impl='auto' falls back to pure TF",
-                    ops.load_error())
+    logging.warning("ssr_tf fused op unavailable (%s); impl='auto' falls back to pure TF", why)
     _warned = True
   return False

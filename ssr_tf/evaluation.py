@@ -1,0 +1,88 @@
+"""`ssr_tf evaluate`: exact AUC, LogLoss and GAUC per task (and the oracle's, when known)."""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Optional
+
+import numpy as np
+
+from ssr_tf import data as data_lib
+from ssr_tf import metrics, task
+from ssr_tf.config import ExperimentConfig
+
+
+def predict_split(model, spec, cfg: ExperimentConfig, split: str = "test") -> dict:
+  """Model probabilities, labels, groups and oracle probabilities over a whole split."""
+  pattern = getattr(cfg.data, split)
+  ds = data_lib.make_dataset(pattern, spec, cfg.data.batch_size, training=False,
+                             key=f"data.{split}", compression=cfg.data.compression,
+                             with_extras=True)
+  out: dict[str, list] = {}
+
+  def run():
+    for features, labels, extras in ds:
+      probs = model(features, training=False)
+      for k, v in {**probs, **{f"label_{t}": l for t, l in labels.items()}, **extras}.items():
+        out.setdefault(k, []).append(v.numpy())
+  task.data_errors(run)
+  return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def score(arrays: dict, has_group: bool) -> dict:
+  """{task: {auc, logloss, gauc, oracle_auc, ...}} from predict_split's arrays."""
+  result = {}
+  for t in ("click", "pay"):
+    if f"label_{t}" not in arrays:
+      continue
+    y, p = arrays[f"label_{t}"], arrays[f"{t}_prob"]
+    r = {"auc": metrics.auc(y, p), "logloss": metrics.logloss(y, p), "positives": int(y.sum()),
+         "rows": int(y.size)}
+    if has_group:
+      r["gauc"] = metrics.gauc(y, p, arrays["group"])
+    if f"oracle_{t}" in arrays and (arrays[f"oracle_{t}"] >= 0).all():
+      o = arrays[f"oracle_{t}"]
+      r["oracle_auc"] = metrics.auc(y, o)
+      r["oracle_logloss"] = metrics.logloss(y, o)
+      if has_group:
+        r["oracle_gauc"] = metrics.gauc(y, o, arrays["group"])
+    result[t] = r
+  return result
+
+
+def evaluate(cfg: ExperimentConfig, checkpoint: Optional[str] = None, split: str = "test") -> dict:
+  spec, model = task.build(cfg)
+  path = task.restore(model, cfg.train.model_dir, checkpoint)
+  arrays = predict_split(model, spec, cfg, split)
+  result = {"checkpoint": path, "split": split,
+            "tasks": score(arrays, has_group="group" in arrays)}
+  out = pathlib.Path(cfg.train.model_dir) / f"eval_{split}.json"
+  out.write_text(json.dumps(result, indent=2))
+  result["written"] = str(out)
+  return result
+
+
+def format_table(result: dict) -> str:
+  cols = ["auc", "oracle_auc", "gauc", "oracle_gauc", "logloss", "oracle_logloss", "rows",
+          "positives"]
+  present = [c for c in cols if any(c in r for r in result["tasks"].values())]
+  lines = [f"{'task':<6}" + "".join(f"{c:>15}" for c in present)]
+  for t, r in result["tasks"].items():
+    cells = []
+    for c in present:
+      v = r.get(c)
+      cells.append(f"{'-':>15}" if v is None else
+                   (f"{v:>15d}" if isinstance(v, int) else f"{v:>15.4f}"))
+    lines.append(f"{t:<6}" + "".join(cells))
+  return "\n".join(lines)
+
+
+def main(argv: list[str], prog: str = "ssr_tf evaluate") -> int:
+  p = task.config_parser(prog, "Evaluate a trained model: AUC, LogLoss, GAUC per task.")
+  p.add_argument("--checkpoint", default=None, help="checkpoint prefix (default: newest)")
+  p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+  args = p.parse_args(argv)
+  result = evaluate(task.config_from_args(args), args.checkpoint, args.split)
+  print(format_table(result))
+  print(json.dumps(result))
+  return 0

@@ -1,0 +1,154 @@
+"""Raw feature values -> embedding ids -> field embeddings ``[batch, F, dim]``.
+
+The lookups live inside the model, so a SavedModel scores raw tf.Example records and
+training and serving share one definition of OOV, hashing and bucketing.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from ssr_tf.features import Feature, FeatureSpec
+from ssr_tf.config import from_dict
+
+
+def spec_to_config(spec: FeatureSpec) -> dict:
+  return dataclasses.asdict(spec)
+
+
+def spec_from_config(config: dict) -> FeatureSpec:
+  return from_dict(FeatureSpec, config)
+
+
+@tf.keras.utils.register_keras_serializable(package="ssr_tf")
+class FeatureEncoder(tf.keras.layers.Layer):
+  """Maps each raw feature to embedding ids (row 0 = OOV/missing) or a standardised value.
+
+  categorical: num_buckets: v in [0, N) -> v + 1; vocab_file: i-th kept value -> i + 1;
+  hash_buckets: hash(str(v)) mod H + 1. numeric log_bucketize:
+  bucketize(sign(v) log1p|v|) + 1 (NaN -> 0); dense: (v - mean) / std (NaN -> 0).
+  """
+
+  def __init__(self, spec: FeatureSpec | dict, **kwargs):
+    super().__init__(trainable=False, **kwargs)
+    self.spec = spec if isinstance(spec, FeatureSpec) else spec_from_config(spec)
+    self._tables = {}
+    for f in self.spec.features:
+      if f.vocab_file is not None:
+        vocab = f.vocabulary()
+        key_dtype = tf.int64 if f.dtype == "int64" else tf.string
+        keys = tf.constant(vocab if vocab else ([-1] if f.dtype == "int64" else [""]),
+                           dtype=key_dtype)
+        values = tf.range(1, len(vocab) + 1, dtype=tf.int64) if vocab else tf.constant([0], tf.int64)
+        self._tables[f.name] = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(keys, values), default_value=0)
+
+  def encode(self, f: Feature, v: tf.Tensor) -> tf.Tensor:
+    if f.type == "numeric":
+      v = tf.cast(v, tf.float32)
+      missing = tf.math.is_nan(v)
+      if f.transform == "dense":
+        return tf.where(missing, 0.0, (v - f.mean) / f.std)
+      t = tf.sign(v) * tf.math.log1p(tf.abs(v))
+      ids = tf.cast(tf.raw_ops.Bucketize(input=tf.where(missing, 0.0, t),
+                                         boundaries=list(map(float, f.boundaries))), tf.int64) + 1
+      return tf.where(missing, tf.zeros_like(ids), ids)
+    if f.num_buckets is not None:
+      v = tf.cast(v, tf.int64)
+      return tf.where((v >= 0) & (v < f.num_buckets), v + 1, tf.zeros_like(v))
+    if f.vocab_file is not None:
+      return self._tables[f.name].lookup(v)
+    s = v if v.dtype == tf.string else tf.strings.as_string(v)
+    ids = tf.strings.to_hash_bucket_fast(s, f.hash_buckets) + 1
+    empty = tf.equal(s, "") if v.dtype == tf.string else tf.less(v, 0)
+    return tf.where(empty, tf.zeros_like(ids), ids)
+
+  def call(self, inputs: dict) -> dict:
+    return {f.name: self.encode(f, inputs[f.name]) for f in self.spec.features}
+
+  def get_config(self):
+    return {**super().get_config(), "spec": spec_to_config(self.spec)}
+
+
+@tf.keras.utils.register_keras_serializable(package="ssr_tf")
+class FeatureEmbedding(tf.keras.layers.Layer):
+  """Encoded features -> field embeddings ``[batch, F, dim]`` (the paper's x is their concat).
+
+  Categorical: table lookup; multi-valued: mean/sum over present ids; dense numeric:
+  v * w_f + b_f. ``l2`` adds l2 * sum(e^2) / batch over the rows used in the batch.
+  """
+
+  def __init__(self, spec: FeatureSpec | dict, dim: int = 16, l2: float = 0.0, **kwargs):
+    super().__init__(**kwargs)
+    self.spec = spec if isinstance(spec, FeatureSpec) else spec_from_config(spec)
+    self.dim = int(dim)
+    self.l2 = float(l2)
+    self.encoder = FeatureEncoder(self.spec, name="encoder")
+
+  def build(self, input_shape):
+    self.tables = {}
+    for f in self.spec.features:
+      if f.type == "numeric" and f.transform == "dense":
+        self.tables[f.name] = self.add_weight(
+            f"dense_{f.name}", shape=[2, self.dim],
+            initializer=tf.keras.initializers.RandomNormal(stddev=0.05))
+      else:
+        self.tables[f.name] = self.add_weight(
+            f"emb_{f.name}", shape=[f.table_size(), self.dim],
+            initializer=tf.keras.initializers.RandomUniform(-0.05, 0.05))
+    super().build(input_shape)
+
+  @property
+  def num_fields(self) -> int:
+    return len(self.spec.features)
+
+  def embedding_variables(self) -> list:
+    """The tables, for a separate optimizer or partitioning."""
+    return list(self.tables.values())
+
+  def call(self, inputs: dict):
+    encoded = self.encoder(inputs)
+    fields, penalty = [], 0.0
+    for f in self.spec.features:
+      ids = encoded[f.name]
+      table = self.tables[f.name]
+      if f.type == "numeric" and f.transform == "dense":
+        e = ids[:, None] * table[0][None] + table[1][None]          # [batch, dim]
+      elif f.type == "multi_categorical":
+        rows = tf.nn.embedding_lookup(table, ids)                 # [batch, len, dim]
+        mask = tf.cast(ids > 0, rows.dtype)[..., None]
+        e = tf.reduce_sum(rows * mask, axis=1)
+        if f.combiner == "mean":
+          e = e / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+        if self.l2:
+          penalty += tf.reduce_sum(tf.square(rows * mask))
+      else:
+        e = tf.nn.embedding_lookup(table, ids)                    # [batch, dim]
+        if self.l2:
+          penalty += tf.reduce_sum(tf.square(e))
+      fields.append(e)
+    if self.l2:
+      batch = tf.cast(tf.shape(fields[0])[0], tf.float32)
+      self.add_loss(self.l2 * penalty / batch)
+    return tf.stack(fields, axis=1)                               # [batch, F, dim]
+
+  def get_config(self):
+    return {**super().get_config(), "spec": spec_to_config(self.spec), "dim": self.dim,
+            "l2": self.l2}
+
+
+def raw_input_signature(spec: FeatureSpec) -> dict[str, tf.TensorSpec]:
+  """One TensorSpec per feature as the model takes it (multi-valued padded to max_len)."""
+  dtypes = {"int64": tf.int64, "string": tf.string, "float32": tf.float32}
+  sig = {}
+  for f in spec.features:
+    shape = [None, f.max_len] if f.type == "multi_categorical" else [None]
+    sig[f.name] = tf.TensorSpec(shape, dtypes[f.dtype], name=f.name)
+  return sig
+
+
+def numpy_default(f: Feature):
+  """The value a missing entry takes: NaN, -1 or ""."""
+  return {"float32": np.nan, "int64": -1, "string": b""}[f.dtype]
