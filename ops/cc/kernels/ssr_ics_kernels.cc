@@ -1,0 +1,255 @@
+// CPU kernels (and GPU registrations under GOOGLE_CUDA) of SsrIcs, SsrIcsGrad and
+// SsrDynamicView. Rows are sharded over TF's intra-op thread pool; each row-view of ICS
+// runs in L1 (T + 1 passes over D floats), so memory traffic is one read and one write.
+#define EIGEN_USE_THREADS
+#if GOOGLE_CUDA
+#define EIGEN_USE_GPU
+#endif
+#include <algorithm>
+#include <vector>
+
+#include "Eigen/Core"
+#include "ssr_ics.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+
+namespace ssr_tf {
+
+using ::tensorflow::errors::InvalidArgument;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using CPUDevice = Eigen::ThreadPoolDevice;
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+namespace {
+
+// Number of partial-sum blocks of the backward: depends on rows only, so the result does
+// not depend on the thread count.
+int IcsBlocks(int64_t rows) {
+  return static_cast<int>(std::clamp<int64_t>((rows + 63) / 64, 1, 64));
+}
+
+}  // namespace
+
+namespace functor {
+
+template <>
+void IcsForward<CPUDevice>::operator()(const CPUDevice& d, const float* z, const float* alpha,
+                                       const float* gamma, float* y, int64_t rows, int views,
+                                       int dim, int iters) const {
+  const int64_t n = rows * views;
+  const Eigen::TensorOpCost cost(8.0 * dim, 4.0 * dim, 3.0 * dim * (iters + 2));
+  d.parallelFor(n, cost, [=](Eigen::Index first, Eigen::Index last) {
+    for (Eigen::Index i = first; i < last; ++i) {
+      const int v = static_cast<int>(i % views);
+      cpu::IcsRowForward(z + i * dim, alpha + v * iters, gamma + static_cast<int64_t>(v) * dim,
+                         y + i * dim, dim, iters);
+    }
+  });
+}
+
+template <>
+void IcsBackward<CPUDevice>::operator()(const CPUDevice& d, const float* z, const float* alpha,
+                                        const float* gamma, const float* dy, float* dz,
+                                        float* dalpha, float* dgamma, float* scratch,
+                                        int64_t rows, int views, int dim, int iters,
+                                        int blocks) const {
+  const int64_t part = static_cast<int64_t>(views) * (dim + iters);  // per-block partials
+  std::fill(scratch, scratch + blocks * part, 0.f);
+  const int64_t rows_per_block = (rows + blocks - 1) / blocks;
+  const double per_block = static_cast<double>(rows_per_block) * views * dim;
+  const Eigen::TensorOpCost cost(12.0 * per_block, 4.0 * per_block, 8.0 * per_block * (iters + 2));
+  d.parallelFor(blocks, cost, [=](Eigen::Index first, Eigen::Index last) {
+    std::vector<float> work(static_cast<size_t>(iters + 2) * dim + iters);
+    for (Eigen::Index blk = first; blk < last; ++blk) {
+      float* p = scratch + blk * part;
+      const int64_t r1 = std::min(rows, (blk + 1) * rows_per_block);
+      for (int64_t r = blk * rows_per_block; r < r1; ++r) {
+        for (int v = 0; v < views; ++v) {
+          const int64_t off = (r * views + v) * dim;
+          float* pv = p + static_cast<int64_t>(v) * (dim + iters);
+          cpu::IcsRowBackward(z + off, alpha + v * iters, gamma + static_cast<int64_t>(v) * dim,
+                              dy + off, dz + off, pv + dim, pv, work.data(), dim, iters);
+        }
+      }
+    }
+  });
+  for (int v = 0; v < views; ++v) {
+    float* da = dalpha + v * iters;
+    float* dg = dgamma + static_cast<int64_t>(v) * dim;
+    std::fill(da, da + iters, 0.f);
+    std::fill(dg, dg + dim, 0.f);
+    for (int blk = 0; blk < blocks; ++blk) {
+      const float* pv = scratch + blk * part + static_cast<int64_t>(v) * (dim + iters);
+      for (int i = 0; i < dim; ++i) dg[i] += pv[i];
+      for (int t = 0; t < iters; ++t) da[t] += pv[dim + t];
+    }
+  }
+}
+
+}  // namespace functor
+
+namespace {
+
+// Validates alpha [V, T] and gamma [V, D] against the views and dim of the data.
+tensorflow::Status CheckAlphaGamma(const Tensor& alpha, const Tensor& gamma, int64_t views,
+                                   int64_t dim) {
+  if (alpha.dims() != 2 || alpha.dim_size(0) != views) {
+    return InvalidArgument("alpha must be [views=", views, ", T], got ",
+                           alpha.shape().DebugString());
+  }
+  if (gamma.dims() != 2 || gamma.dim_size(0) != views || gamma.dim_size(1) != dim) {
+    return InvalidArgument("gamma must be [views=", views, ", dim=", dim, "], got ",
+                           gamma.shape().DebugString());
+  }
+  if (dim <= 0) return InvalidArgument("ICS needs dim > 0, got ", dim);
+  return tensorflow::OkStatus();
+}
+
+}  // namespace
+
+template <typename Device>
+class SsrIcsOp : public OpKernel {
+ public:
+  explicit SsrIcsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& z = ctx->input(0);
+    const Tensor& alpha = ctx->input(1);
+    const Tensor& gamma = ctx->input(2);
+    OP_REQUIRES(ctx, z.dims() == 3,
+                InvalidArgument("z must be [batch, views, dim], got ", z.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, CheckAlphaGamma(alpha, gamma, z.dim_size(1), z.dim_size(2)));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, z.shape(), &y));
+    if (z.NumElements() == 0) return;
+    functor::IcsForward<Device>()(ctx->eigen_device<Device>(), z.flat<float>().data(),
+                                  alpha.flat<float>().data(), gamma.flat<float>().data(),
+                                  y->flat<float>().data(), z.dim_size(0),
+                                  static_cast<int>(z.dim_size(1)),
+                                  static_cast<int>(z.dim_size(2)),
+                                  static_cast<int>(alpha.dim_size(1)));
+  }
+};
+
+template <typename Device>
+class SsrIcsGradOp : public OpKernel {
+ public:
+  explicit SsrIcsGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& z = ctx->input(0);
+    const Tensor& alpha = ctx->input(1);
+    const Tensor& gamma = ctx->input(2);
+    const Tensor& dy = ctx->input(3);
+    OP_REQUIRES(ctx, z.dims() == 3,
+                InvalidArgument("z must be [batch, views, dim], got ", z.shape().DebugString()));
+    OP_REQUIRES(ctx, dy.shape() == z.shape(),
+                InvalidArgument("dy ", dy.shape().DebugString(), " must match z ",
+                                z.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, CheckAlphaGamma(alpha, gamma, z.dim_size(1), z.dim_size(2)));
+    Tensor *dz = nullptr, *dalpha = nullptr, *dgamma = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, z.shape(), &dz));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, alpha.shape(), &dalpha));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, gamma.shape(), &dgamma));
+    const int64_t rows = z.dim_size(0);
+    const int views = static_cast<int>(z.dim_size(1));
+    const int dim = static_cast<int>(z.dim_size(2));
+    const int iters = static_cast<int>(alpha.dim_size(1));
+    const int blocks = IcsBlocks(rows);
+    Tensor scratch;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(
+                            tensorflow::DT_FLOAT,
+                            TensorShape({static_cast<int64_t>(blocks) * views * (dim + iters)}),
+                            &scratch));
+    functor::IcsBackward<Device>()(
+        ctx->eigen_device<Device>(), z.flat<float>().data(), alpha.flat<float>().data(),
+        gamma.flat<float>().data(), dy.flat<float>().data(), dz->flat<float>().data(),
+        dalpha->flat<float>().data(), dgamma->flat<float>().data(),
+        scratch.flat<float>().data(), rows, views, dim, iters, blocks);
+  }
+};
+
+// y, z = ICS(x @ W), computed in row blocks: an Eigen GEMM writes the block's z (kept in
+// L2), then the ICS epilogue reads it back from cache and writes y.
+class SsrDynamicViewOp : public OpKernel {
+ public:
+  explicit SsrDynamicViewOp(OpKernelConstruction* ctx) : OpKernel(ctx) { Eigen::initParallel(); }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& w = ctx->input(1);
+    const Tensor& alpha = ctx->input(2);
+    const Tensor& gamma = ctx->input(3);
+    OP_REQUIRES(ctx, x.dims() == 2,
+                InvalidArgument("x must be [batch, d_in], got ", x.shape().DebugString()));
+    OP_REQUIRES(ctx, w.dims() == 3 && w.dim_size(0) == x.dim_size(1),
+                InvalidArgument("proj_kernel must be [d_in=", x.dim_size(1),
+                                ", views, dim], got ", w.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, CheckAlphaGamma(alpha, gamma, w.dim_size(1), w.dim_size(2)));
+    const int64_t rows = x.dim_size(0), d_in = x.dim_size(1);
+    const int views = static_cast<int>(w.dim_size(1));
+    const int dim = static_cast<int>(w.dim_size(2));
+    const int iters = static_cast<int>(alpha.dim_size(1));
+    const int64_t cols = static_cast<int64_t>(views) * dim;
+    const TensorShape out_shape({rows, views, dim});
+    Tensor *y = nullptr, *z = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &y));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, out_shape, &z));
+    if (y->NumElements() == 0) return;
+    // Rows per block: the block's z slab is ~128 KiB so the epilogue reads it from L2.
+    const int64_t rb = std::clamp<int64_t>((32 << 10) / cols, 4, 256);
+    const int64_t blocks = (rows + rb - 1) / rb;
+    const float* xp = x.flat<float>().data();
+    const float* wp = w.flat<float>().data();
+    const float* ap = alpha.flat<float>().data();
+    const float* gp = gamma.flat<float>().data();
+    float* yp = y->flat<float>().data();
+    float* zp = z->flat<float>().data();
+    const double per_block = static_cast<double>(rb) * cols;
+    const Eigen::TensorOpCost cost(4.0 * per_block * (d_in > 0 ? 1 : 0) + 4.0 * per_block,
+                                   8.0 * per_block,
+                                   2.0 * per_block * d_in + 3.0 * per_block * (iters + 2));
+    const auto& d = ctx->eigen_device<CPUDevice>();
+    d.parallelFor(blocks, cost, [=](Eigen::Index first, Eigen::Index last) {
+      Eigen::Map<const RowMat> wm(wp, d_in, cols);
+      for (Eigen::Index blk = first; blk < last; ++blk) {
+        const int64_t r0 = blk * rb, n = std::min(rows, r0 + rb) - r0;
+        Eigen::Map<RowMat> zm(zp + r0 * cols, n, cols);
+        if (d_in == 0) {
+          zm.setZero();
+        } else {
+          zm.noalias() = Eigen::Map<const RowMat>(xp + r0 * d_in, n, d_in) * wm;
+        }
+        for (int64_t i = r0 * views; i < (r0 + n) * views; ++i) {
+          const int v = static_cast<int>(i % views);
+          cpu::IcsRowForward(zp + i * dim, ap + v * iters, gp + static_cast<int64_t>(v) * dim,
+                             yp + i * dim, dim, iters);
+        }
+      }
+    });
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("SsrIcs").Device(tensorflow::DEVICE_CPU), SsrIcsOp<CPUDevice>);
+REGISTER_KERNEL_BUILDER(Name("SsrIcsGrad").Device(tensorflow::DEVICE_CPU),
+                        SsrIcsGradOp<CPUDevice>);
+REGISTER_KERNEL_BUILDER(Name("SsrDynamicView").Device(tensorflow::DEVICE_CPU), SsrDynamicViewOp);
+
+#if GOOGLE_CUDA
+using GPUDevice = Eigen::GpuDevice;
+// The CUDA functors live in ssr_ics_kernels.cu.cc.
+namespace functor {
+extern template struct IcsForward<GPUDevice>;
+extern template struct IcsBackward<GPUDevice>;
+}  // namespace functor
+REGISTER_KERNEL_BUILDER(Name("SsrIcs").Device(tensorflow::DEVICE_GPU), SsrIcsOp<GPUDevice>);
+REGISTER_KERNEL_BUILDER(Name("SsrIcsGrad").Device(tensorflow::DEVICE_GPU),
+                        SsrIcsGradOp<GPUDevice>);
+#endif  // GOOGLE_CUDA
+
+}  // namespace ssr_tf

@@ -1,0 +1,69 @@
+// Op definitions of the fused Product-Key Memory sparse gather (see
+// ops/cc/kernels/pkm_gather_kernels.h for the math).
+#include "tensorflow/core/framework/common_shape_fns.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace ssr_tf {
+
+using ::tensorflow::Status;
+using ::tensorflow::shape_inference::DimensionHandle;
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+
+REGISTER_OP("PkmSparseGatherSum")
+    .Input("values: T")
+    .Input("indices: Tindices")
+    .Input("weights: T")
+    .Output("output: T")
+    .Attr("T: {float, double}")
+    .Attr("Tindices: {int32, int64}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle values, indices, weights;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &values));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &indices));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &weights));
+      TF_RETURN_IF_ERROR(c->Merge(indices, weights, &indices));
+      c->set_output(0, c->Matrix(c->Dim(indices, 0), c->Dim(values, 1)));
+      return Status();
+    })
+    .Doc(R"doc(
+out[r, :] = sum_t weights[r, t] * values[indices[r, t], :].
+
+values: [slots, dim] value table.
+indices: [rows, k] slot ids in [0, slots).
+weights: [rows, k] mixing weights.
+output: [rows, dim].
+)doc");
+
+REGISTER_OP("PkmSparseGatherSumGrad")
+    .Input("values: T")
+    .Input("indices: Tindices")
+    .Input("weights: T")
+    .Input("grad: T")
+    .Output("grad_weights: T")
+    .Output("grad_rows: T")
+    .Attr("T: {float, double}")
+    .Attr("Tindices: {int32, int64}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle values, indices, weights, grad;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &values));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &indices));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &weights));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 2, &grad));
+      TF_RETURN_IF_ERROR(c->Merge(indices, weights, &indices));
+      DimensionHandle rows, dim, nk;
+      TF_RETURN_IF_ERROR(c->Merge(c->Dim(indices, 0), c->Dim(grad, 0), &rows));
+      TF_RETURN_IF_ERROR(c->Merge(c->Dim(values, 1), c->Dim(grad, 1), &dim));
+      TF_RETURN_IF_ERROR(c->Multiply(rows, c->Dim(indices, 1), &nk));
+      c->set_output(0, c->Matrix(rows, c->Dim(indices, 1)));
+      c->set_output(1, c->Matrix(nk, dim));
+      return Status();
+    })
+    .Doc(R"doc(
+Gradient of PkmSparseGatherSum: grad_weights[r, t] = <grad[r, :], values[indices[r, t], :]>,
+grad_rows[r * k + t, :] = weights[r, t] * grad[r, :] (the IndexedSlices values for `values`,
+with indices = reshape(indices, [-1])).
+)doc");
+
+}  // namespace ssr_tf
