@@ -1,0 +1,11 @@
+"""TF Serving-compatible serving for ssr_tf exports (installed as ``ssr_tf.serving``).
+
+* :mod:`ssr_tf.serving.server`: ``ssr_tf serve``, a gRPC server implementing TF Serving's
+  ``PredictionService`` and ``ModelService`` (plus optional REST) over the SavedModels
+  that ``ssr_tf export`` writes.
+* :mod:`ssr_tf.serving.client`: :class:`~ssr_tf.serving.client.RankingClient` and
+  ``ssr_tf score``.
+* :mod:`ssr_tf.serving.bench`: ``ssr_tf bench serving`` (latency / QPS over loopback).
+* :mod:`ssr_tf.serving.toy_model`: a tiny SavedModel with the export contract's
+  signatures, for tests and smoke runs.
+"""

@@ -1,0 +1,183 @@
+"""Request batching across concurrent calls: a bounded queue drained by batch threads.
+
+Requests for the same servable, signature and per-row input shapes are concatenated
+along the batch dimension (up to ``max_batch_size`` rows), run as one session call,
+and the outputs split back per request. A batch thread takes the oldest request and
+then every compatible request already queued; with ``batch_timeout_s > 0`` it also
+waits up to that long for more rows. With the default timeout of 0 batching is
+opportunistic: an idle server adds no latency, a busy one merges what piled up while
+the previous batch ran. A merged batch that fails with INVALID_ARGUMENT is re-run one
+request at a time so one bad request cannot fail its neighbours.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import threading
+import time
+from typing import Optional, Sequence
+
+import grpc
+import numpy as np
+
+from ssr_tf.serving.servable import Servable, Signature
+from ssr_tf.serving.tensors import ServingError
+
+log = logging.getLogger("ssr_tf.serving")
+
+
+class _Task:
+  __slots__ = ("servable", "sig", "feeds", "rows", "key", "future", "deadline")
+
+  def __init__(self, servable: Servable, sig: Signature, feeds: dict[str, np.ndarray],
+               rows: int, deadline: Optional[float]):
+    self.servable, self.sig, self.feeds, self.rows = servable, sig, feeds, rows
+    self.key = (id(servable), sig.name,
+                tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(feeds.items())))
+    self.future: concurrent.futures.Future = concurrent.futures.Future()
+    self.deadline = deadline
+
+
+class BatchStats:
+  """Counters for logs and tests: batches run, requests and rows in them."""
+
+  def __init__(self):
+    self.batches = 0
+    self.requests = 0
+    self.rows = 0
+    self.max_requests_in_batch = 0
+
+
+class Batcher:
+  """Bounded request queue + batch threads.
+
+  Args:
+    max_batch_size: most rows in one merged session call (a larger single request runs
+      alone).
+    batch_timeout_s: how long a batch thread waits for more rows after the first request.
+    max_queued_requests: queue bound; beyond it submit() fails with UNAVAILABLE.
+    num_threads: batch threads (concurrent session calls).
+  """
+
+  def __init__(self, max_batch_size: int = 1024, batch_timeout_s: float = 0.0,
+               max_queued_requests: int = 1024, num_threads: int = 2):
+    if max_batch_size < 1 or num_threads < 1 or max_queued_requests < 1:
+      raise ValueError("max_batch_size, num_threads and max_queued_requests must be >= 1")
+    self.max_batch_size, self.batch_timeout_s = max_batch_size, batch_timeout_s
+    self.max_queued_requests = max_queued_requests
+    self._queue: collections.deque[_Task] = collections.deque()
+    self._cond = threading.Condition()
+    self._stopping = False
+    self.stats = BatchStats()
+    self._threads = [threading.Thread(target=self._loop, name=f"batch-{i}", daemon=True)
+                     for i in range(num_threads)]
+    for t in self._threads:
+      t.start()
+
+  def submit(self, servable: Servable, sig: Signature, feeds: dict[str, np.ndarray],
+             rows: int, deadline: Optional[float] = None) -> concurrent.futures.Future:
+    """Queues one validated request; its future yields {output: array} for its rows."""
+    task = _Task(servable, sig, feeds, rows, deadline)
+    with self._cond:
+      if self._stopping:
+        raise ServingError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+      if len(self._queue) >= self.max_queued_requests:
+        raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                           f"batch queue is full ({self.max_queued_requests} requests); retry")
+      self._queue.append(task)
+      self._cond.notify()
+    return task.future
+
+  def stop(self, timeout_s: float = 30.0) -> None:
+    """Runs what is queued, then stops the batch threads."""
+    with self._cond:
+      self._stopping = True
+      self._cond.notify_all()
+    for t in self._threads:
+      t.join(timeout=timeout_s)
+
+  # -- batch threads -------------------------------------------------------------------
+  def _take(self) -> Optional[list[_Task]]:
+    with self._cond:
+      while not self._queue:
+        if self._stopping:
+          return None
+        self._cond.wait()
+      first = self._queue.popleft()
+      batch, rows = [first], first.rows
+      until = time.monotonic() + self.batch_timeout_s
+      while True:
+        q = self._queue
+        while q and q[0].key == first.key and rows + q[0].rows <= self.max_batch_size:
+          task = q.popleft()
+          batch.append(task)
+          rows += task.rows
+        blocked = bool(q)          # the head does not fit: run what we have
+        left = until - time.monotonic()
+        if blocked or rows >= self.max_batch_size or left <= 0 or self._stopping:
+          return batch
+        self._cond.wait(left)
+
+  def _loop(self) -> None:
+    while True:
+      batch = self._take()
+      if batch is None:
+        return
+      try:
+        self._run(batch)
+      except Exception as e:   # keep the thread alive whatever happens
+        log.exception("batch failed")
+        for t in batch:
+          if not t.future.done():
+            t.future.set_exception(ServingError(grpc.StatusCode.INTERNAL, f"batch failed: {e}"))
+
+  def _run(self, batch: list[_Task]) -> None:
+    now = time.monotonic()
+    live = []
+    for t in batch:
+      if t.deadline is not None and now > t.deadline:
+        t.future.set_exception(ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                            "deadline passed while queued"))
+      elif t.future.set_running_or_notify_cancel():
+        live.append(t)
+    if not live:
+      return
+    st = self.stats
+    st.batches += 1
+    st.requests += len(live)
+    st.rows += sum(t.rows for t in live)
+    st.max_requests_in_batch = max(st.max_requests_in_batch, len(live))
+    if len(live) == 1:
+      self._run_one(live[0])
+      return
+    first = live[0]
+    feeds = {n: np.concatenate([t.feeds[n] for t in live]) for n in first.feeds}
+    try:
+      out = first.servable.run(first.sig, feeds)
+    except ServingError as e:
+      if e.code != grpc.StatusCode.INVALID_ARGUMENT:
+        for t in live:
+          t.future.set_exception(e)
+        return
+      for t in live:              # find the bad request(s): run each alone
+        self._run_one(t)
+      return
+    start = 0
+    for t in live:
+      end = start + t.rows
+      t.future.set_result({k: v[start:end] for k, v in out.items()})
+      start = end
+
+  @staticmethod
+  def _run_one(t: _Task) -> None:
+    try:
+      t.future.set_result(t.servable.run(t.sig, t.feeds))
+    except ServingError as e:
+      t.future.set_exception(e)
+
+
+def run_direct(servable: Servable, sig: Signature, feeds: dict[str, np.ndarray],
+               outputs: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+  """The unbatched path (``--enable_batching=false``): one session call per request."""
+  return servable.run(sig, feeds, outputs)
