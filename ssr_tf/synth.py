@@ -28,12 +28,12 @@ from ssr_tf.features import Feature, FeatureSpec
 class SynthConfig:
   rows: int = 200_000
   seed: int = 0
-  num_users: int = 2000
-  num_items: int = 3000
-  num_categories: int = 40
+  num_users: int = 600
+  num_items: int = 1000
+  num_categories: int = 30
   clusters: int = 6
   noise_fields: int = 10
-  noise_vocab: int = 500
+  noise_vocab: int = 100
   shards: int = 4
   mode: str = "default"
   min_count: int = 5
@@ -82,8 +82,8 @@ def generate(cfg: SynthConfig) -> dict[str, np.ndarray]:
   hist = np.full((n, cfg.history_len), -1, dtype=np.int64)
   hist_len = rng.integers(0, cfg.history_len + 1, n)
   for j in range(cfg.history_len):
-    pick = np.array([rng.choice(cats_by_cluster[c]) if len(cats_by_cluster[c]) else 0
-                     for c in liked])
+    pick = np.array([members[rng.integers(len(members))] if len(members) else 0
+                     for members in (cats_by_cluster[c] for c in liked)])
     rand = rng.integers(0, cfg.num_categories, n)
     val = np.where(rng.random(n) < 0.7, pick, rand)
     hist[:, j] = np.where(j < hist_len, val, -1)
@@ -146,21 +146,37 @@ def spec_for(cfg: SynthConfig, vocab_dir: str) -> FeatureSpec:
                      group_id="user_id", oracle={"click": "oracle_click", "pay": "oracle_pay"})
 
 
-def _example(cols: dict, i: int, spec: FeatureSpec):
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  feat = {}
+def serialize_rows(cols: dict[str, np.ndarray], rows: np.ndarray):
+  """Yields serialized tf.Example records for `rows` (ints, floats, strings, int lists)."""
+  from tensorflow.core.example import example_pb2  # pylint: disable=import-outside-toplevel
+  kinds, lists = [], []
   for name, col in cols.items():
-    v = col[i]
+    sub = col[rows]
     if col.dtype == object:
-      feat[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode()]))
+      kinds.append((name, "bytes"))
+      lists.append([v.encode() for v in sub])
     elif col.ndim == 2:
-      feat[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=v[v >= 0].tolist()))
+      kinds.append((name, "int64s"))
+      lists.append([r[r >= 0].tolist() for r in sub])
     elif np.issubdtype(col.dtype, np.integer):
-      feat[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+      kinds.append((name, "int64"))
+      lists.append(sub.tolist())
     else:
-      feat[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[float(v)]))
-  del spec
-  return tf.train.Example(features=tf.train.Features(feature=feat))
+      kinds.append((name, "float"))
+      lists.append(sub.tolist())
+  for values in zip(*lists):
+    ex = example_pb2.Example()
+    fmap = ex.features.feature
+    for (name, kind), v in zip(kinds, values):
+      if kind == "int64":
+        fmap[name].int64_list.value.append(v)
+      elif kind == "float":
+        fmap[name].float_list.value.append(v)
+      elif kind == "bytes":
+        fmap[name].bytes_list.value.append(v)
+      else:
+        fmap[name].int64_list.value.extend(v)
+    yield ex.SerializeToString()
 
 
 def split_ids(n: int, seed: int) -> np.ndarray:
@@ -188,8 +204,8 @@ def write(cfg: SynthConfig, output: str) -> dict:
     rows = np.flatnonzero(split == s)
     writers = [tf.io.TFRecordWriter(str(out / name / f"part-{j:05d}.tfrecord"))
                for j in range(cfg.shards)]
-    for r, i in enumerate(rows):
-      writers[r % cfg.shards].write(_example(cols, i, spec).SerializeToString())
+    for r, record in enumerate(serialize_rows(cols, rows)):
+      writers[r % cfg.shards].write(record)
     for w in writers:
       w.close()
     y = cols["click"][rows]
