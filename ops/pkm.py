@@ -1,0 +1,78 @@
+"""Fused sparse gather + weighted sum of Product-Key Memory, out[..., :] = sum_t w[..., t] V[idx[..., t], :].
+
+The op (`PkmSparseGatherSum`, C++ CPU kernel in ops/cc/kernels/pkm_gather_kernels.cc, CUDA in
+the .cu.cc beside it) lives in the same library as the ICS ops (ops/_ssr_ops.so, `make ops`).
+Its registered gradient gives `values` an IndexedSlices over the retrieved rows only, so
+optimizers with sparse updates touch only those rows. Without the library,
+`sparse_gather_sum` falls back to `tf.gather` + weighted sum (the same numbers up to float
+rounding order).
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from ssr_tf.ops import ssr_ops
+
+__all__ = ["is_available", "load_error", "sparse_gather_sum", "sparse_gather_sum_fused"]
+
+
+def _has_op() -> bool:
+  lib = ssr_ops.op_library()
+  return lib is not None and hasattr(lib, "pkm_sparse_gather_sum")
+
+
+def is_available() -> bool:
+  """True when the op library loaded and contains the PKM sparse-gather op."""
+  return _has_op()
+
+
+def load_error() -> str | None:
+  """Why the fused op is unavailable, or None."""
+  if _has_op():
+    return None
+  return ssr_ops.load_error() or (f"{ssr_ops.library_path()} has no PkmSparseGatherSum op "
+                                  f"(rebuild with `make ops`)")
+
+
+def sparse_gather_sum_fused(values: tf.Tensor, indices: tf.Tensor,
+                            weights: tf.Tensor) -> tf.Tensor:
+  """The fused op for any leading shape: values [M, D], indices/weights [..., k] -> [..., D]."""
+  if not _has_op():
+    raise RuntimeError(f"PKM sparse-gather op unavailable: {load_error()}")
+  indices = tf.convert_to_tensor(indices)
+  weights = tf.convert_to_tensor(weights, dtype=values.dtype)
+  k = tf.shape(indices)[-1]
+  lead = tf.shape(indices)[:-1]
+  out = ssr_ops.op_library().pkm_sparse_gather_sum(
+      values, tf.reshape(indices, [-1, k]), tf.reshape(weights, [-1, k]))   # [N, D]
+  out = tf.reshape(out, tf.concat([lead, tf.shape(values)[-1:]], 0))
+  if indices.shape.rank is not None and values.shape[-1] is not None:
+    out.set_shape(indices.shape[:-1].concatenate([values.shape[-1]]))
+  return out
+
+
+def sparse_gather_sum(values: tf.Tensor, indices: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+  """out[..., :] = sum_t weights[..., t] * values[indices[..., t], :].
+
+  Args:
+    values: [slots, value_dim] table (float32 or float64; a variable is fine).
+    indices: [..., k] int32/int64 slot ids in [0, slots).
+    weights: [..., k] mixing weights.
+  Returns:
+    [..., value_dim]; e.g. indices [batch, heads, k] -> [batch, heads, value_dim].
+  """
+  if _has_op():
+    return sparse_gather_sum_fused(values, indices, weights)
+  from ssr_tf.layers.pkm import sparse_gather_sum_tf  # pylint: disable=import-outside-toplevel
+  return sparse_gather_sum_tf(values, indices, weights)
+
+
+@tf.RegisterGradient("PkmSparseGatherSum")
+def _pkm_sparse_gather_sum_grad(op, grad):
+  """d values = IndexedSlices(w[r, t] * grad[r], idx[r, t]); d w[r, t] = <grad[r], V[idx[r, t]]>."""
+  values, indices, weights = op.inputs
+  grad_weights, grad_rows = ssr_ops.op_library().pkm_sparse_gather_sum_grad(
+      values, indices, weights, grad)
+  d_values = tf.IndexedSlices(grad_rows, tf.reshape(indices, [-1]),
+                              tf.shape(values, out_type=indices.dtype))
+  return [d_values, None, grad_weights]
