@@ -10,6 +10,7 @@
 
 #include "Eigen/Core"
 #include "ssr_ics.h"
+#include "ssr_ics_cpu.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
@@ -24,8 +25,29 @@ using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 using CPUDevice = Eigen::ThreadPoolDevice;
 using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+#if GOOGLE_CUDA
+using GPUDevice = Eigen::GpuDevice;
+#endif
 
 namespace {
+
+// Shapes a device's kernels support: any on CPU.
+template <typename Device>
+tensorflow::Status CheckDeviceLimits(int64_t /*dim*/, int64_t /*iters*/) {
+  return tensorflow::OkStatus();
+}
+
+#if GOOGLE_CUDA
+// The CUDA kernels keep a row-view in registers (dim <= 512) and the masks as bits (T <= 32).
+template <>
+tensorflow::Status CheckDeviceLimits<GPUDevice>(int64_t dim, int64_t iters) {
+  if (dim > 512 || iters > 32) {
+    return InvalidArgument("GPU SsrIcs supports dim <= 512 and T <= 32, got dim=", dim,
+                           ", T=", iters);
+  }
+  return tensorflow::OkStatus();
+}
+#endif
 
 // Number of partial-sum blocks of the backward: depends on rows only, so the result does
 // not depend on the thread count.
@@ -44,11 +66,7 @@ void IcsForward<CPUDevice>::operator()(const CPUDevice& d, const float* z, const
   const int64_t n = rows * views;
   const Eigen::TensorOpCost cost(8.0 * dim, 4.0 * dim, 3.0 * dim * (iters + 2));
   d.parallelFor(n, cost, [=](Eigen::Index first, Eigen::Index last) {
-    for (Eigen::Index i = first; i < last; ++i) {
-      const int v = static_cast<int>(i % views);
-      cpu::IcsRowForward(z + i * dim, alpha + v * iters, gamma + static_cast<int64_t>(v) * dim,
-                         y + i * dim, dim, iters);
-    }
+    cpu::ForwardRange(z, alpha, gamma, y, first, last, views, dim, iters);
   });
 }
 
@@ -64,18 +82,11 @@ void IcsBackward<CPUDevice>::operator()(const CPUDevice& d, const float* z, cons
   const double per_block = static_cast<double>(rows_per_block) * views * dim;
   const Eigen::TensorOpCost cost(12.0 * per_block, 4.0 * per_block, 8.0 * per_block * (iters + 2));
   d.parallelFor(blocks, cost, [=](Eigen::Index first, Eigen::Index last) {
-    std::vector<float> work(static_cast<size_t>(iters + 2) * dim + iters);
+    std::vector<float> work(cpu::TileWorkFloats(cpu::kTile, dim, iters));
     for (Eigen::Index blk = first; blk < last; ++blk) {
-      float* p = scratch + blk * part;
-      const int64_t r1 = std::min(rows, (blk + 1) * rows_per_block);
-      for (int64_t r = blk * rows_per_block; r < r1; ++r) {
-        for (int v = 0; v < views; ++v) {
-          const int64_t off = (r * views + v) * dim;
-          float* pv = p + static_cast<int64_t>(v) * (dim + iters);
-          cpu::IcsRowBackward(z + off, alpha + v * iters, gamma + static_cast<int64_t>(v) * dim,
-                              dy + off, dz + off, pv + dim, pv, work.data(), dim, iters);
-        }
-      }
+      const int64_t r0 = blk * rows_per_block, r1 = std::min(rows, r0 + rows_per_block);
+      cpu::BackwardRange(z, alpha, gamma, dy, dz, scratch + blk * part, work.data(),
+                         r0 * views, r1 * views, views, dim, iters);
     }
   });
   for (int v = 0; v < views; ++v) {
@@ -124,6 +135,7 @@ class SsrIcsOp : public OpKernel {
     OP_REQUIRES(ctx, z.dims() == 3,
                 InvalidArgument("z must be [batch, views, dim], got ", z.shape().DebugString()));
     OP_REQUIRES_OK(ctx, CheckAlphaGamma(alpha, gamma, z.dim_size(1), z.dim_size(2)));
+    OP_REQUIRES_OK(ctx, CheckDeviceLimits<Device>(z.dim_size(2), alpha.dim_size(1)));
     Tensor* y = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, z.shape(), &y));
     if (z.NumElements() == 0) return;
@@ -152,6 +164,7 @@ class SsrIcsGradOp : public OpKernel {
                 InvalidArgument("dy ", dy.shape().DebugString(), " must match z ",
                                 z.shape().DebugString()));
     OP_REQUIRES_OK(ctx, CheckAlphaGamma(alpha, gamma, z.dim_size(1), z.dim_size(2)));
+    OP_REQUIRES_OK(ctx, CheckDeviceLimits<Device>(z.dim_size(2), alpha.dim_size(1)));
     Tensor *dz = nullptr, *dalpha = nullptr, *dgamma = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, z.shape(), &dz));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, alpha.shape(), &dalpha));
@@ -225,11 +238,7 @@ class SsrDynamicViewOp : public OpKernel {
         } else {
           zm.noalias() = Eigen::Map<const RowMat>(xp + r0 * d_in, n, d_in) * wm;
         }
-        for (int64_t i = r0 * views; i < (r0 + n) * views; ++i) {
-          const int v = static_cast<int>(i % views);
-          cpu::IcsRowForward(zp + i * dim, ap + v * iters, gp + static_cast<int64_t>(v) * dim,
-                             yp + i * dim, dim, iters);
-        }
+        cpu::ForwardRange(zp, ap, gp, yp, r0 * views, (r0 + n) * views, views, dim, iters);
       }
     });
   }
@@ -241,11 +250,18 @@ REGISTER_KERNEL_BUILDER(Name("SsrIcsGrad").Device(tensorflow::DEVICE_CPU),
 REGISTER_KERNEL_BUILDER(Name("SsrDynamicView").Device(tensorflow::DEVICE_CPU), SsrDynamicViewOp);
 
 #if GOOGLE_CUDA
-using GPUDevice = Eigen::GpuDevice;
-// The CUDA functors live in ssr_ics_kernels.cu.cc.
+// The CUDA functors are defined in ssr_ics_kernels.cu.cc.
 namespace functor {
-extern template struct IcsForward<GPUDevice>;
-extern template struct IcsBackward<GPUDevice>;
+template <>
+void IcsForward<GPUDevice>::operator()(const GPUDevice& d, const float* z, const float* alpha,
+                                       const float* gamma, float* y, int64_t rows, int views,
+                                       int dim, int iters) const;
+template <>
+void IcsBackward<GPUDevice>::operator()(const GPUDevice& d, const float* z, const float* alpha,
+                                        const float* gamma, const float* dy, float* dz,
+                                        float* dalpha, float* dgamma, float* scratch,
+                                        int64_t rows, int views, int dim, int iters,
+                                        int blocks) const;
 }  // namespace functor
 REGISTER_KERNEL_BUILDER(Name("SsrIcs").Device(tensorflow::DEVICE_GPU), SsrIcsOp<GPUDevice>);
 REGISTER_KERNEL_BUILDER(Name("SsrIcsGrad").Device(tensorflow::DEVICE_GPU),
