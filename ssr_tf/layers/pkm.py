@@ -119,8 +119,10 @@ class ProductKeyMemory(tf.keras.layers.Layer):
   Utilisation: while training, hit counts per slot are summed over windows of
   `usage_window` examples; at the end of each window the share of slots hit and
   KL(usage || uniform) are stored and reported through `add_metric` as
-  ``{name}_slots_used`` and ``{name}_usage_kl`` (so Keras logs and TensorBoard show them;
-  before the first window closes the running window is reported).
+  ``{name}_slots_used`` and ``{name}_usage_kl`` (Keras logs), and written with
+  `tf.summary.scalar` as ``.../{name}/slots_used`` and ``.../{name}/usage_kl`` whenever a default
+  summary writer and step are set (Keras's TensorBoard callback sets both while training);
+  before the first window closes the running window is reported.
 
   Reference: Lample et al., "Large Memory Layers with Product Keys", NeurIPS 2019;
   MSN ("memory-based sparse activation scaling"), Douyin search ranking.
@@ -300,6 +302,9 @@ class ProductKeyMemory(tf.keras.layers.Layer):
                   else (self.last_used.read_value(), self.last_kl.read_value()))
       self.add_metric(used, name=f"{self.name}_slots_used")
       self.add_metric(kl, name=f"{self.name}_usage_kl")
+      if _is_training(training) and tf.summary.experimental.get_step() is not None:
+        tf.summary.scalar("slots_used", used)   # tag "<outer scopes>/<name>/slots_used";
+        tf.summary.scalar("usage_kl", kl)       # no-op without a default writer
     out = tf.reshape(out, tf.concat([lead, [self.value_dim]], 0))
     return tf.cast(out, self.compute_dtype)
 
