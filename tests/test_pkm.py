@@ -1,6 +1,9 @@
 """ProductKeyMemory against a brute-force NumPy reference (every slot scored), the fused
 sparse-gather op against tf.gather, utilisation metrics, MemoryGate, save/load."""
 import math
+import pathlib
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -308,3 +311,16 @@ def test_config_round_trip_and_saved_model(tmp_path):
   raw = tf.saved_model.load(str(tmp_path / "sm"))               # plain TF, no Keras objects
   np.testing.assert_allclose(raw.signatures["serving_default"](tf.constant(x))
                              [loaded.output_names[0]].numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: CUDA compile check skipped")
+def test_cuda_kernel_compiles(tmp_path):
+  """Compile-only check of the CUDA kernels (no GPU needed)."""
+  root = pathlib.Path(__file__).resolve().parents[1] / "ops" / "cc" / "kernels"
+  cmd = ["nvcc", "-std=c++17", "-x", "cu", "-c", "-DGOOGLE_CUDA=1", "-DNDEBUG",
+         "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC", f"-I{tf.sysconfig.get_include()}",
+         f"-I{root}", str(root / "pkm_gather_kernels.cu.cc"), "-o", str(tmp_path / "pkm.o")]
+  res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert (tmp_path / "pkm.o").stat().st_size > 0

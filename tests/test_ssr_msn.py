@@ -89,6 +89,7 @@ def _tensorboard_tags(log_dir: pathlib.Path) -> set:
   return tags
 
 
+@pytest.mark.slow
 def test_trains_logs_utilisation_exports_and_reloads(tmp_path, make_config):
   mem = {**SMALL_MEMORY, "after_layer": 0, "heads": 2}
   cfg_path = make_config(
