@@ -233,6 +233,10 @@ def test_usage_window_counts_hits_and_reports_metrics():
   np.testing.assert_array_equal(layer.slot_counts.numpy(), counts)
   u = layer.usage()
   assert u["slots_used"] == pytest.approx((counts > 0).mean()) and u["windows_done"] == 0
+  metrics = {m.name: float(m.result()) for m in layer.metrics}   # running window, incremental
+  used, kl = usage_stats(tf.constant(counts))
+  assert metrics[f"{layer.name}_slots_used"] == pytest.approx(float(used))
+  assert metrics[f"{layer.name}_usage_kl"] == pytest.approx(float(kl), abs=1e-6)
   layer(x2, training=True)                                      # 10 >= 8 examples: window closes
   ids2 = layer.retrieve(tf.constant(x2))[0].numpy().ravel()
   counts += np.bincount(ids2, minlength=64)

@@ -122,7 +122,9 @@ class ProductKeyMemory(tf.keras.layers.Layer):
   ``{name}_slots_used`` and ``{name}_usage_kl`` (Keras logs), and written with
   `tf.summary.scalar` as ``.../{name}/slots_used`` and ``.../{name}/usage_kl`` whenever a default
   summary writer and step are set (Keras's TensorBoard callback sets both while training);
-  before the first window closes the running window is reported.
+  before the first window closes the running window is reported. Per step this costs
+  O(batch * heads * k) (running sums of hits, used slots and c log c), plus one O(N) zeroing
+  of the counts per window.
 
   Reference: Lample et al., "Large Memory Layers with Product Keys", NeurIPS 2019;
   MSN ("memory-based sparse activation scaling"), Douyin search ranking.
@@ -245,6 +247,11 @@ class ProductKeyMemory(tf.keras.layers.Layer):
       self.windows_done = self.add_weight("windows_done", shape=[], initializer="zeros", **stat)
       self.last_used = self.add_weight("last_slots_used", shape=[], initializer="zeros", **stat)
       self.last_kl = self.add_weight("last_usage_kl", shape=[], initializer="zeros", **stat)
+      stat64 = {**stat, "dtype": tf.float64}
+      self.window_used = self.add_weight("window_used", shape=[], initializer="zeros", **stat64)
+      self.window_xlogx = self.add_weight("window_xlogx", shape=[], initializer="zeros",
+                                          **stat64)
+      self.window_hits = self.add_weight("window_hits", shape=[], initializer="zeros", **stat64)
     super().build(input_shape)
 
   # -- retrieval ---------------------------------------------------------------------------
@@ -314,24 +321,45 @@ class ProductKeyMemory(tf.keras.layers.Layer):
   # -- utilisation -------------------------------------------------------------------------
 
   def _update_usage(self, ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Adds this batch's hits; closes the window after `usage_window` examples."""
+    """Adds this batch's hits in O(batch * heads * k) and returns (used, kl) of the last
+    closed window (of the open one before the first closes).
+
+    Running sums over the window: U = #{c_i > 0}, S = sum_i c_i log c_i, T = sum_i c_i, so
+    used = U / N and KL(p || uniform) = log N + S / T - log T without an O(N) pass; closing a
+    window (every `usage_window` examples) zeroes the counts.
+    """
     flat = tf.reshape(ids, [-1])
-    hits = tf.IndexedSlices(tf.ones_like(flat, dtype=tf.float32), flat)
-    self.slot_counts.scatter_add(hits)
+    uniq, _, cnt = tf.unique_with_counts(flat)
+    cnt = tf.cast(cnt, tf.float32)
+    old = tf.gather(self.slot_counts, uniq)                        # [unique hits]
+    new = old + cnt
+    xlogx = lambda c: tf.math.multiply_no_nan(tf.math.log(tf.cast(c, tf.float64)),  # noqa: E731
+                                              tf.cast(c, tf.float64))
+    self.slot_counts.scatter_add(tf.IndexedSlices(cnt, uniq))
+    self.window_used.assign_add(tf.reduce_sum(tf.cast(old == 0, tf.float64)))
+    self.window_xlogx.assign_add(tf.reduce_sum(xlogx(new) - xlogx(old)))
+    self.window_hits.assign_add(tf.cast(tf.size(flat), tf.float64))
     seen = self.window_seen.assign_add(tf.cast(tf.shape(ids)[0], tf.float32))
+    n = float(self.memory_size)
+    total = self.window_hits.read_value()
+    used = tf.cast(self.window_used.read_value() / n, tf.float32)
+    kl = tf.cast(math.log(n) + self.window_xlogx.read_value() / total - tf.math.log(total),
+                 tf.float32)
 
     def close():
-      used, kl = usage_stats(self.slot_counts.read_value())
-      with tf.control_dependencies([self.last_used.assign(used), self.last_kl.assign(kl),
-                                    self.windows_done.assign_add(1.0)]):
-        with tf.control_dependencies([self.slot_counts.assign(tf.zeros_like(self.slot_counts)),
-                                      self.window_seen.assign(0.0)]):
+      deps = [self.last_used.assign(used), self.last_kl.assign(kl),
+              self.windows_done.assign_add(1.0)]
+      with tf.control_dependencies(deps):
+        deps = [self.slot_counts.assign(tf.zeros_like(self.slot_counts))]
+        deps += [v.assign(tf.zeros_like(v)) for v in (self.window_seen, self.window_used,
+                                                        self.window_xlogx, self.window_hits)]
+        with tf.control_dependencies(deps):
           return tf.identity(used), tf.identity(kl)
 
     def running():
-      return tf.cond(self.windows_done > 0,
-                     lambda: (self.last_used.read_value(), self.last_kl.read_value()),
-                     lambda: usage_stats(self.slot_counts.read_value()))
+      done = self.windows_done > 0
+      return (tf.where(done, self.last_used.read_value(), used),
+              tf.where(done, self.last_kl.read_value(), kl))
 
     return tf.cond(seen >= float(self.usage_window), close, running)
 
@@ -346,7 +374,7 @@ class ProductKeyMemory(tf.keras.layers.Layer):
 
   def reset_usage(self) -> None:
     for var in (self.slot_counts, self.window_seen, self.windows_done, self.last_used,
-                self.last_kl):
+                self.last_kl, self.window_used, self.window_xlogx, self.window_hits):
       var.assign(tf.zeros_like(var))
 
   def flops_per_example(self, input_dim: Optional[int] = None) -> int:
