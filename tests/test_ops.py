@@ -40,10 +40,10 @@ def _value_and_grads(fn, inputs, dy):
   return y.numpy(), [g.numpy() for g in tape.gradient(y, ts, output_gradients=tf.constant(dy))]
 
 
-def _rel_close(got: np.ndarray, want: np.ndarray, tol: float = 1e-5) -> None:
+def _rel_close(got: np.ndarray, want: np.ndarray, name: str = "", tol: float = 1e-5) -> None:
   """|got - want| <= tol * max(1, |want|_inf): 1e-5 relative to the tensor's scale."""
   scale = max(1.0, float(np.max(np.abs(want))) if want.size else 1.0)
-  np.testing.assert_allclose(got, want, rtol=0, atol=tol * scale)
+  np.testing.assert_allclose(got, want, rtol=0, atol=tol * scale, err_msg=name)
 
 
 SHAPES = [  # (B, V, D, T): D off multiples of 8/32, V = 1, B = 1, T in {1, 2, 5}
@@ -58,7 +58,7 @@ def test_ics_forward_and_grads_match_tf(b, v, d, t):
   y2, g2 = _value_and_grads(ics_tf, (z, alpha, gamma), dy)
   np.testing.assert_allclose(y1, y2, **TOL)
   for name, a, e in zip(("dz", "dalpha", "dgamma"), g1, g2):
-    _rel_close(a, e), name
+    _rel_close(a, e, name)
 
 
 def test_ics_all_negative_rows_give_zero_output_and_grads():
@@ -128,7 +128,7 @@ def test_dynamic_view_matches_matmul_then_ics(b, d_in, v, e, t):
   y2, g2 = _value_and_grads(_dynamic_ref, (x, w, alpha, gamma), dy)
   _rel_close(y1, y2)
   for name, a, r in zip(("dx", "dW", "dalpha", "dgamma"), g1, g2):
-    _rel_close(a, r), name
+    _rel_close(a, r, name)
 
 
 @pytest.mark.parametrize("b,v,e,o", [(1, 1, 3, 2), (7, 3, 13, 5), (600, 8, 32, 16), (40, 2, 0, 3)])
