@@ -34,17 +34,32 @@ def load_error() -> str | None:
                                   f"(rebuild with `make ops`)")
 
 
-def sparse_gather_sum_fused(values: tf.Tensor, indices: tf.Tensor,
-                            weights: tf.Tensor) -> tf.Tensor:
-  """The fused op for any leading shape: values [M, D], indices/weights [..., k] -> [..., D]."""
+def _is_resource_variable(values) -> bool:
+  return isinstance(values, tf.Variable) and getattr(values, "handle", None) is not None and \
+      values.handle.dtype == tf.resource
+
+
+def sparse_gather_sum_fused(values, indices: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+  """The fused op for any leading shape: values [M, D], indices/weights [..., k] -> [..., D].
+
+  A resource variable is read in place (PkmResourceSparseGatherSum, under the variable's
+  shared lock): a dense read of a table that sparse updates have touched would copy all of
+  it every step (TF's copy-on-read mode). Other tensors go through PkmSparseGatherSum.
+  """
   if not _has_op():
     raise RuntimeError(f"PKM sparse-gather op unavailable: {load_error()}")
+  lib = ssr_ops.op_library()
   indices = tf.convert_to_tensor(indices)
   weights = tf.convert_to_tensor(weights, dtype=values.dtype)
   k = tf.shape(indices)[-1]
   lead = tf.shape(indices)[:-1]
-  out = ssr_ops.op_library().pkm_sparse_gather_sum(
-      values, tf.reshape(indices, [-1, k]), tf.reshape(weights, [-1, k]))   # [N, D]
+  flat_idx, flat_w = tf.reshape(indices, [-1, k]), tf.reshape(weights, [-1, k])
+  if _is_resource_variable(values):
+    # Mark the variable as read so GradientTape watches its handle (0-row gather, no copy).
+    values.sparse_read(tf.zeros([0], indices.dtype))
+    out = lib.pkm_resource_sparse_gather_sum(values.handle, flat_idx, flat_w)   # [N, D]
+  else:
+    out = lib.pkm_sparse_gather_sum(values, flat_idx, flat_w)                   # [N, D]
   out = tf.reshape(out, tf.concat([lead, tf.shape(values)[-1:]], 0))
   if indices.shape.rank is not None and values.shape[-1] is not None:
     out.set_shape(indices.shape[:-1].concatenate([values.shape[-1]]))
@@ -75,4 +90,15 @@ def _pkm_sparse_gather_sum_grad(op, grad):
       values, indices, weights, grad)
   d_values = tf.IndexedSlices(grad_rows, tf.reshape(indices, [-1]),
                               tf.shape(values, out_type=indices.dtype))
+  return [d_values, None, grad_weights]
+
+
+@tf.RegisterGradient("PkmResourceSparseGatherSum")
+def _pkm_resource_sparse_gather_sum_grad(op, grad):
+  """As PkmSparseGatherSum's gradient; the IndexedSlices go to the variable's handle."""
+  handle, indices, weights = op.inputs
+  grad_weights, grad_rows = ssr_ops.op_library().pkm_resource_sparse_gather_sum_grad(
+      handle, indices, weights, grad)
+  shape = tf.raw_ops.VariableShape(input=handle, out_type=indices.dtype)
+  d_values = tf.IndexedSlices(grad_rows, tf.reshape(indices, [-1]), shape)
   return [d_values, None, grad_weights]

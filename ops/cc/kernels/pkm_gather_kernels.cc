@@ -8,9 +8,12 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
+#include "tensorflow/core/framework/resource_mgr.h"
+#include "tensorflow/core/framework/resource_var.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "tensorflow/core/util/work_sharder.h"
@@ -127,13 +130,44 @@ constexpr bool kIsCpu = std::is_same<Device, CPUDevice>::value;
 
 }  // namespace
 
-template <typename Device, typename T, typename Index>
+// The value table: input 0 as a tensor, or (kResource) the tensor of the resource variable
+// behind input 0, read under its shared lock for the whole Compute (no copy).
+template <bool kResource>
+class ValuesInput {
+ public:
+  explicit ValuesInput(OpKernelContext* c) {
+    if (!kResource) {
+      tensor_ = &c->input(0);
+      return;
+    }
+    status_ = ::tensorflow::LookupResource(c, ::tensorflow::HandleFromInput(c, 0), &var_);
+    if (!status_.ok()) return;
+    lock_.emplace(*var_->mu());
+    if (!var_->tensor()->IsInitialized()) {
+      status_ = errors::FailedPrecondition("the PKM value variable is not initialized");
+      return;
+    }
+    tensor_ = var_->tensor();
+  }
+  const ::tensorflow::Status& status() const { return status_; }
+  const Tensor& tensor() const { return *tensor_; }
+
+ private:
+  ::tensorflow::Status status_;
+  ::tensorflow::core::RefCountPtr<::tensorflow::Var> var_;
+  std::optional<::tensorflow::tf_shared_lock> lock_;
+  const Tensor* tensor_ = nullptr;
+};
+
+template <typename Device, typename T, typename Index, bool kResource>
 class PkmSparseGatherSumOp : public OpKernel {
  public:
   explicit PkmSparseGatherSumOp(OpKernelConstruction* c) : OpKernel(c) {}
 
   void Compute(OpKernelContext* c) override {
-    const Tensor& values = c->input(0);
+    ValuesInput<kResource> input(c);
+    OP_REQUIRES_OK(c, input.status());
+    const Tensor& values = input.tensor();
     const Tensor& indices = c->input(1);
     const Tensor& weights = c->input(2);
     functor::PkmShape s;
@@ -153,13 +187,15 @@ class PkmSparseGatherSumOp : public OpKernel {
   }
 };
 
-template <typename Device, typename T, typename Index>
+template <typename Device, typename T, typename Index, bool kResource>
 class PkmSparseGatherSumGradOp : public OpKernel {
  public:
   explicit PkmSparseGatherSumGradOp(OpKernelConstruction* c) : OpKernel(c) {}
 
   void Compute(OpKernelContext* c) override {
-    const Tensor& values = c->input(0);
+    ValuesInput<kResource> input(c);
+    OP_REQUIRES_OK(c, input.status());
+    const Tensor& values = input.tensor();
     const Tensor& indices = c->input(1);
     const Tensor& weights = c->input(2);
     const Tensor& grad = c->input(3);
@@ -191,12 +227,24 @@ class PkmSparseGatherSumGradOp : public OpKernel {
                               .Device(DEV)                                                \
                               .TypeConstraint<T>("T")                                     \
                               .TypeConstraint<Index>("Tindices"),                         \
-                          PkmSparseGatherSumOp<DEVICE, T, Index>);                        \
+                          PkmSparseGatherSumOp<DEVICE, T, Index, false>);                 \
   REGISTER_KERNEL_BUILDER(Name("PkmSparseGatherSumGrad")                                  \
                               .Device(DEV)                                                \
                               .TypeConstraint<T>("T")                                     \
                               .TypeConstraint<Index>("Tindices"),                         \
-                          PkmSparseGatherSumGradOp<DEVICE, T, Index>);
+                          PkmSparseGatherSumGradOp<DEVICE, T, Index, false>);             \
+  REGISTER_KERNEL_BUILDER(Name("PkmResourceSparseGatherSum")                              \
+                              .Device(DEV)                                                \
+                              .HostMemory("resource")                                     \
+                              .TypeConstraint<T>("dtype")                                 \
+                              .TypeConstraint<Index>("Tindices"),                         \
+                          PkmSparseGatherSumOp<DEVICE, T, Index, true>);                  \
+  REGISTER_KERNEL_BUILDER(Name("PkmResourceSparseGatherSumGrad")                          \
+                              .Device(DEV)                                                \
+                              .HostMemory("resource")                                     \
+                              .TypeConstraint<T>("dtype")                                 \
+                              .TypeConstraint<Index>("Tindices"),                         \
+                          PkmSparseGatherSumGradOp<DEVICE, T, Index, true>);
 
 SSR_TF_REGISTER_PKM(DEVICE_CPU, CPUDevice, float, int32_t)
 SSR_TF_REGISTER_PKM(DEVICE_CPU, CPUDevice, float, int64_t)

@@ -66,4 +66,70 @@ grad_rows[r * k + t, :] = weights[r, t] * grad[r, :] (the IndexedSlices values f
 with indices = reshape(indices, [-1])).
 )doc");
 
+// Resource-variable forms: read the value table in place under the variable's shared lock.
+// A dense read (ReadVariableOp) of a table that sparse updates have touched copies the whole
+// table every step (copy-on-read mode); these ops never do.
+
+namespace {
+
+// The [slots, dim] shape of the variable behind input 0, or an unknown matrix.
+Status ResourceValuesShape(InferenceContext* c, ShapeHandle* values) {
+  auto* handle_data = c->input_handle_shapes_and_types(0);
+  if (handle_data == nullptr || handle_data->empty()) {
+    *values = c->Matrix(c->UnknownDim(), c->UnknownDim());
+    return Status();
+  }
+  return c->WithRank((*handle_data)[0].shape, 2, values);
+}
+
+}  // namespace
+
+REGISTER_OP("PkmResourceSparseGatherSum")
+    .Input("resource: resource")
+    .Input("indices: Tindices")
+    .Input("weights: dtype")
+    .Output("output: dtype")
+    .Attr("dtype: {float, double}")
+    .Attr("Tindices: {int32, int64}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle values, indices, weights;
+      TF_RETURN_IF_ERROR(ResourceValuesShape(c, &values));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &indices));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &weights));
+      TF_RETURN_IF_ERROR(c->Merge(indices, weights, &indices));
+      c->set_output(0, c->Matrix(c->Dim(indices, 0), c->Dim(values, 1)));
+      return Status();
+    })
+    .Doc(R"doc(
+PkmSparseGatherSum with the value table read from a resource variable in place.
+)doc");
+
+REGISTER_OP("PkmResourceSparseGatherSumGrad")
+    .Input("resource: resource")
+    .Input("indices: Tindices")
+    .Input("weights: dtype")
+    .Input("grad: dtype")
+    .Output("grad_weights: dtype")
+    .Output("grad_rows: dtype")
+    .Attr("dtype: {float, double}")
+    .Attr("Tindices: {int32, int64}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle values, indices, weights, grad;
+      TF_RETURN_IF_ERROR(ResourceValuesShape(c, &values));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &indices));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &weights));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 2, &grad));
+      TF_RETURN_IF_ERROR(c->Merge(indices, weights, &indices));
+      DimensionHandle rows, dim, nk;
+      TF_RETURN_IF_ERROR(c->Merge(c->Dim(indices, 0), c->Dim(grad, 0), &rows));
+      TF_RETURN_IF_ERROR(c->Merge(c->Dim(values, 1), c->Dim(grad, 1), &dim));
+      TF_RETURN_IF_ERROR(c->Multiply(rows, c->Dim(indices, 1), &nk));
+      c->set_output(0, c->Matrix(rows, c->Dim(indices, 1)));
+      c->set_output(1, c->Matrix(nk, dim));
+      return Status();
+    })
+    .Doc(R"doc(
+PkmSparseGatherSumGrad with the value table read from a resource variable in place.
+)doc");
+
 }  // namespace ssr_tf
