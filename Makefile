@@ -9,7 +9,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv ops demo test test-fast clean
+.PHONY: venv ops demo test test-fast clean docs
 
 $(STAMP): requirements.txt requirements-dev.txt setup.py
 	@$(PY) -c 'import sys; assert sys.version_info[:2] == (3, 11), "ssr_tf needs Python 3.11, found " + sys.version' 
@@ -36,3 +36,7 @@ test-fast: ops
 
 clean:
 	rm -rf $(DEMO) build ops/*.so *.egg-info
+
+# Regenerates README's configuration reference from the config dataclasses.
+docs: $(STAMP)
+	$(BIN)/python scripts/config_reference.py --write README.md

@@ -1,6 +1,7 @@
 """Prints the Markdown configuration reference from the config dataclasses' docstrings.
 
-Usage: python scripts/config_reference.py   (README's "Configuration reference" comes from it)
+Usage: python scripts/config_reference.py [--write README.md]
+With --write, replaces the block between the config-reference markers in that file.
 """
 import dataclasses
 import re
@@ -46,7 +47,16 @@ def main() -> int:
     parts.append(f"#### `distribution`\n\n{table(config.DistributionConfig, 'distribution.')}")
   parts.append(f"#### Feature spec entries (`features: [...]` in spec.yaml)\n\n"
                f"{table(features.Feature, '')}")
-  print("\n\n".join(parts))
+  text = "\n\n".join(parts)
+  if len(sys.argv) == 3 and sys.argv[1] == "--write":
+    path = sys.argv[2]
+    doc = open(path).read()
+    start = doc.index("<!-- config-reference:start")
+    start = doc.index("-->", start) + 3
+    end = doc.index("<!-- config-reference:end -->")
+    open(path, "w").write(doc[:start] + "\n" + text + "\n" + doc[end:])
+  else:
+    print(text)
   return 0
 
 

@@ -1,11 +1,12 @@
 """Synthetic ranking data with known ground truth (`ssr_tf data synth`).
 
 Every record carries its oracle click and pay probabilities, so evaluation reports the
-best achievable AUC next to the model's. The click logit is a sum of a few
-context-dependent interactions among a handful of fields (user cluster x item-category
-cluster, hour x device, position, item quality, a price slope that depends on the user
-cluster, the user's recent categories x the candidate's); many other fields are pure
-Zipf noise. Pay happens only after a click: p_pay = p_click * p_cvr.
+best achievable AUC next to the model's. The click logit is a position effect plus five
+interaction components (user cluster x item-category cluster, hour x device, a price
+slope that depends on the user cluster, the user's recent categories x the candidate's,
+item quality), gated by a `scene` field: in each scene two components are strong and the
+rest weak, so which fields matter depends on the context. Many other fields are pure Zipf
+noise. Pay happens only after a click: p_pay = p_click * p_cvr.
 
 With ``--mode saturating`` the signal is spread over many sparse context-dependent
 pairwise interactions among many fields (only a few active per example), a setting
@@ -28,16 +29,17 @@ from ssr_tf.features import Feature, FeatureSpec
 class SynthConfig:
   rows: int = 200_000
   seed: int = 0
-  num_users: int = 600
-  num_items: int = 1000
-  num_categories: int = 30
+  num_users: int = 300
+  num_items: int = 400
+  num_categories: int = 20
   clusters: int = 6
-  noise_fields: int = 10
+  noise_fields: int = 20
   noise_vocab: int = 100
   shards: int = 4
   mode: str = "default"
   min_count: int = 5
   history_len: int = 5
+  scenes: int = 4
 
 
 def _zipf(rng: np.random.Generator, n: int, vocab: int, a: float = 1.05) -> np.ndarray:
@@ -90,9 +92,18 @@ def generate(cfg: SynthConfig) -> dict[str, np.ndarray]:
   hist_match = (cat_cluster[np.where(hist >= 0, hist, 0)] == cc[:, None]) & (hist >= 0)
   log_price = (np.log(price) - 3.0)
 
-  logit = (-1.6 + affinity[uc, cc] + hour_device[hour // 6, device] + position_effect[position]
-           + item_quality[item] + price_slope[uc] * log_price + 0.35 * hist_match.sum(1))
+  # The scene decides which interactions matter for this impression (context-dependent
+  # sparsity): each scene weights two of the five components strongly, the rest weakly.
+  scene = rng.integers(0, cfg.scenes, n)
+  components = np.stack([affinity[uc, cc], hour_device[hour // 6, device],
+                         price_slope[uc] * log_price, 0.35 * hist_match.sum(1),
+                         item_quality[item]], axis=1)                 # [n, 5]
+  gates = np.full((cfg.scenes, components.shape[1]), 0.25)
+  for sc in range(cfg.scenes):
+    gates[sc, world.choice(components.shape[1], size=2, replace=False)] = 1.6
+  logit = -1.6 + position_effect[position] + (gates[scene] * components).sum(1)
   cols: dict[str, np.ndarray] = {
+      "scene": scene.astype(np.int64),
       "user_id": user.astype(np.int64), "item_id": item.astype(np.int64),
       "item_category": cat.astype(np.int64), "hour": hour.astype(np.int64),
       "device": device.astype(np.int64), "position": position.astype(np.int64),
@@ -129,6 +140,7 @@ def _sparse_pair_signal(cols, cfg: SynthConfig, world) -> np.ndarray:
 
 def spec_for(cfg: SynthConfig, vocab_dir: str) -> FeatureSpec:
   feats = [
+      Feature(name="scene", num_buckets=cfg.scenes),
       Feature(name="user_id", vocab_file=f"{vocab_dir}/user_id.txt", min_count=cfg.min_count),
       Feature(name="item_id", num_buckets=cfg.num_items),
       Feature(name="item_category", num_buckets=cfg.num_categories),
