@@ -1,7 +1,8 @@
 """Gradients of the ssr_tf ops, registered with `tf.RegisterGradient` (imported by the loader).
 
-SsrIcs:          (dz, dalpha, dgamma) = SsrIcsGrad(z, alpha, gamma, dy)
-SsrDynamicView:  dz as above on the saved z; dx = dz W^T; dW = x^T dz
+SsrIcs:          (dz, dalpha, dgamma) = SsrIcsGrad(z, alpha, gamma, mu, dy)
+SsrDynamicView:  dz as above on the saved z and mu; dx = dz W^T; dW = x^T dz
+The means mu are saved state, not differentiated (their incoming gradient is ignored).
 SsrBlockFusion:  (dh, dkernel, dbias) = SsrBlockFusionGrad(h, kernel, dout)
 """
 from __future__ import annotations
@@ -12,20 +13,24 @@ from ssr_tf.ops import ssr_ops
 
 
 @tf.RegisterGradient("SsrIcs")
-def _ics_grad(op: tf.Operation, dy: tf.Tensor) -> list[tf.Tensor]:
+def _ics_grad(op: tf.Operation, dy: tf.Tensor, _dmu: tf.Tensor | None) -> list[tf.Tensor]:
   z, alpha, gamma = op.inputs
-  dz, dalpha, dgamma = ssr_ops.op_library().ssr_ics_grad(z=z, alpha=alpha, gamma=gamma, dy=dy)
+  if dy is None:
+    dy = tf.zeros_like(z)
+  dz, dalpha, dgamma = ssr_ops.op_library().ssr_ics_grad(
+      z=z, alpha=alpha, gamma=gamma, mu=op.outputs[1], dy=dy)
   return [dz, dalpha, dgamma]
 
 
 @tf.RegisterGradient("SsrDynamicView")
-def _dynamic_view_grad(op: tf.Operation, dy: tf.Tensor, dz_direct: tf.Tensor | None
-                       ) -> list[tf.Tensor]:
+def _dynamic_view_grad(op: tf.Operation, dy: tf.Tensor, dz_direct: tf.Tensor | None,
+                       _dmu: tf.Tensor | None) -> list[tf.Tensor]:
   x, w, alpha, gamma = op.inputs
-  z = op.outputs[1]
+  z, mu = op.outputs[1], op.outputs[2]
   if dy is None:
     dy = tf.zeros_like(z)
-  dz, dalpha, dgamma = ssr_ops.op_library().ssr_ics_grad(z=z, alpha=alpha, gamma=gamma, dy=dy)
+  dz, dalpha, dgamma = ssr_ops.op_library().ssr_ics_grad(z=z, alpha=alpha, gamma=gamma, mu=mu,
+                                                         dy=dy)
   if dz_direct is not None:
     dz = dz + dz_direct
   d_in = tf.shape(w)[0]

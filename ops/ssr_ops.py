@@ -68,7 +68,8 @@ def ics(z: tf.Tensor, alpha: tf.Tensor, gamma: tf.Tensor) -> tf.Tensor:
   Returns:
     [batch, views, dim], differentiable w.r.t. z, alpha and gamma.
   """
-  return _lib().ssr_ics(z=z, alpha=alpha, gamma=gamma)
+  y, _ = _lib().ssr_ics(z=z, alpha=alpha, gamma=gamma)
+  return y
 
 
 def dynamic_view(x: tf.Tensor, proj_kernel: tf.Tensor, alpha: tf.Tensor,
@@ -82,7 +83,7 @@ def dynamic_view(x: tf.Tensor, proj_kernel: tf.Tensor, alpha: tf.Tensor,
   Returns:
     [batch, views, E], differentiable w.r.t. all four inputs.
   """
-  y, _ = _lib().ssr_dynamic_view(x=x, proj_kernel=proj_kernel, alpha=alpha, gamma=gamma)
+  y, _, _ = _lib().ssr_dynamic_view(x=x, proj_kernel=proj_kernel, alpha=alpha, gamma=gamma)
   return y
 
 

@@ -108,11 +108,12 @@ int main(int argc, char** argv) {
                  &da_ref[v * iters], &dg_ref[static_cast<size_t>(v) * dim]);
   }
 
-  float *dz_, *dy_, *dzo, *y_, *a_, *g_, *da_, *dg_;
+  float *dz_, *dy_, *dzo, *y_, *mu_, *a_, *g_, *da_, *dg_;
   CHECK_CUDA(cudaMalloc(&dz_, n * 4));
   CHECK_CUDA(cudaMalloc(&dy_, n * 4));
   CHECK_CUDA(cudaMalloc(&dzo, n * 4));
   CHECK_CUDA(cudaMalloc(&y_, n * 4));
+  CHECK_CUDA(cudaMalloc(&mu_, static_cast<size_t>(batch) * views * iters * 4));
   CHECK_CUDA(cudaMalloc(&a_, alpha.size() * 4));
   CHECK_CUDA(cudaMalloc(&g_, gamma.size() * 4));
   CHECK_CUDA(cudaMalloc(&da_, alpha.size() * 4));
@@ -125,7 +126,7 @@ int main(int argc, char** argv) {
   // Correctness: forward + backward over the reference rows only.
   using ssr_tf::gpu::LaunchIcsBackward;
   using ssr_tf::gpu::LaunchIcsForward;
-  CHECK_CUDA(LaunchIcsForward(0, dz_, a_, g_, y_, ref_rows, views, dim, iters));
+  CHECK_CUDA(LaunchIcsForward(0, dz_, a_, g_, y_, mu_, ref_rows, views, dim, iters));
   CHECK_CUDA(LaunchIcsBackward(0, dz_, a_, g_, dy_, dzo, da_, dg_, ref_rows, views, dim, iters));
   std::vector<float> y_got(y_ref.size()), dz_got(y_ref.size()), da_got(alpha.size()),
       dg_got(gamma.size());
@@ -148,12 +149,15 @@ int main(int argc, char** argv) {
   cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, dev);
   const double peak = 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e9;  // DDR: 2 transfers/clock
   const int reps = 50;
-  const float fwd_ms = TimeMs([&] { LaunchIcsForward(0, dz_, a_, g_, y_, batch, views, dim, iters); }, reps);
+  const float fwd_ms = TimeMs([&] { LaunchIcsForward(0, dz_, a_, g_, y_, mu_, batch, views, dim, iters); }, reps);
   const float bwd_ms = TimeMs([&] {
     LaunchIcsBackward(0, dz_, a_, g_, dy_, dzo, da_, dg_, batch, views, dim, iters);
   }, reps);
   const float cpy_ms = TimeMs([&] { cudaMemcpyAsync(y_, dz_, n * 4, cudaMemcpyDeviceToDevice); }, reps);
-  const double fwd_gbps = 2.0 * n * 4 / (fwd_ms * 1e6), bwd_gbps = 3.0 * n * 4 / (bwd_ms * 1e6);
+  // Bytes that must move: forward reads z, writes y (+ the T means); backward reads z, dy,
+  // writes dz.
+  const double fwd_bytes = 2.0 * n * 4 + 4.0 * batch * views * iters;
+  const double fwd_gbps = fwd_bytes / (fwd_ms * 1e6), bwd_gbps = 3.0 * n * 4 / (bwd_ms * 1e6);
   const double cpy_gbps = 2.0 * n * 4 / (cpy_ms * 1e6);
   std::printf("device: %s, theoretical peak %.0f GB/s, memcpy D2D %.0f GB/s\n", prop.name, peak,
               cpy_gbps);

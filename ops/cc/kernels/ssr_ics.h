@@ -13,20 +13,20 @@
 namespace ssr_tf {
 namespace functor {
 
-// y[B, V, D] = ICS(z) with alpha [V, T], gamma [V, D].
+// y [B, V, D] = ICS(z) with alpha [V, T], gamma [V, D]; mu [B, V, T] = the T means.
 template <typename Device>
 struct IcsForward {
   void operator()(const Device& d, const float* z, const float* alpha, const float* gamma,
-                  float* y, int64_t rows, int views, int dim, int iters) const;
+                  float* y, float* mu, int64_t rows, int views, int dim, int iters) const;
 };
 
-// dz [B, V, D], dalpha [V, T], dgamma [V, D] from dy. `scratch` holds
-// IcsBackwardScratchFloats(...) floats (per-block partial sums of dalpha and dgamma).
+// dz [B, V, D], dalpha [V, T], dgamma [V, D] from dy and the forward's mu. `scratch` holds
+// blocks * views * (dim + iters) floats (CPU: per-block partial sums of dgamma and dalpha).
 template <typename Device>
 struct IcsBackward {
   void operator()(const Device& d, const float* z, const float* alpha, const float* gamma,
-                  const float* dy, float* dz, float* dalpha, float* dgamma, float* scratch,
-                  int64_t rows, int views, int dim, int iters, int blocks) const;
+                  const float* mu, const float* dy, float* dz, float* dalpha, float* dgamma,
+                  float* scratch, int64_t rows, int views, int dim, int iters, int blocks) const;
 };
 
 }  // namespace functor

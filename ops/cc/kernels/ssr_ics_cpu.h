@@ -1,11 +1,18 @@
 // Per-row-view CPU routines of ICS, written with GCC/Clang vector extensions (8 floats with
 // AVX, 4 with the portable SSE2 baseline), so they vectorize at -O3 without -ffast-math.
-// Each pass over a row-view ends in a reduction the next pass needs, so a single row-view is
-// latency bound; the Tile* routines interleave K row-views so their chains overlap.
 //
-// Forward:  x0 = relu(z);  mu_t = mean(x_t);  x_{t+1} = relu(x_t - alpha_t * mu_t);  y = gamma x_T.
-// Backward: u = g_{t+1} * [x_{t+1} > 0], s = sum(u);  g_T = dy gamma;  g_t = u - alpha_t s / D;
-//           dalpha_t += -mu_t s;  dgamma += dy x_T;  dz = g_0 * [z > 0].
+// Forward:  x0 = relu(z);  mu_t = mean(x_t);  x_{t+1} = relu(x_t - alpha_t mu_t);  y = gamma x_T.
+// Backward: u = g_{t+1} [x_{t+1} > 0], s = sum(u);  g_T = dy gamma;  g_t = u - alpha_t s / D;
+//           dalpha_t -= mu_t s;  dgamma += dy x_T;  dz = g_0 [z > 0].
+//
+// Fast path (every alpha_t >= 0, so every threshold theta_t = alpha_t mu_t >= 0): then
+// relu(relu(a) - theta) = relu(a - theta), hence x_t = relu(z - Theta_t) with the cumulative
+// Theta_t = theta_0 + ... + theta_{t-1}. The forward is T read-only sum passes over z (in L1)
+// plus one write of y, and saves mu [T] per row-view; the backward rebuilds every survival
+// mask as [z - Theta_{t+1} > 0] from z and mu, with no state recomputation. Negative alphas
+// take the general path (sequential states, recomputed in the backward).
+// Each pass ends in a reduction the next pass needs, so one row-view is latency bound; the
+// fast routines interleave K row-views so their dependency chains overlap.
 #ifndef SSR_TF_OPS_CC_KERNELS_SSR_ICS_CPU_H_
 #define SSR_TF_OPS_CC_KERNELS_SSR_ICS_CPU_H_
 
@@ -21,20 +28,20 @@ constexpr int kW = 8;
 #else
 constexpr int kW = 4;
 #endif
-typedef float F8 __attribute__((vector_size(kW * sizeof(float))));
-typedef int32_t I8 __attribute__((vector_size(kW * sizeof(int32_t))));
+typedef float FV __attribute__((vector_size(kW * sizeof(float))));
+typedef int32_t IV __attribute__((vector_size(kW * sizeof(int32_t))));
 
-// a where mask lanes are set (all ones), else 0.
-inline F8 Select(I8 mask, F8 a) { return reinterpret_cast<F8>(reinterpret_cast<I8>(a) & mask); }
-
-inline F8 Load(const float* p) {
-  F8 v;
+inline FV Load(const float* p) {
+  FV v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-inline void Store(float* p, F8 v) { std::memcpy(p, &v, sizeof(v)); }
-inline F8 Splat(float x) { return x - F8{}; }
-inline float Reduce(F8 v) {
+inline void Store(float* p, FV v) { std::memcpy(p, &v, sizeof(v)); }
+inline FV Splat(float x) { return x - FV{}; }
+inline FV Max0(FV v) { return v > FV{} ? v : FV{}; }
+// a where the mask lanes are set (all ones), else 0.
+inline FV Select(IV mask, FV a) { return reinterpret_cast<FV>(reinterpret_cast<IV>(a) & mask); }
+inline float Reduce(FV v) {
   float lanes[kW];
   std::memcpy(lanes, &v, sizeof(v));
   for (int w = kW / 2; w > 0; w /= 2) {
@@ -43,187 +50,300 @@ inline float Reduce(F8 v) {
   return lanes[0];
 }
 
-// For i in [0, n): dst[i] = f(i-th inputs); returns sum of dst. Four accumulators of 8 lanes
-// keep the add chains short. `vec(i)` computes 8 lanes at i, `one(i)` a single tail element.
+// sum_i f(i) over [0, n) with four vector accumulators (short add chains, fixed order);
+// `vec(i)` gives kW lanes at i and may store them, `one(i)` a single tail element.
 template <typename Vec, typename One>
-inline float StoreSum(float* dst, int n, Vec vec, One one) {
-  F8 a0 = Splat(0.f), a1 = a0, a2 = a0, a3 = a0;
+inline float SumOf(int n, Vec vec, One one) {
+  FV a0{}, a1{}, a2{}, a3{};
   int i = 0;
   for (; i + 4 * kW <= n; i += 4 * kW) {
-    const F8 v0 = vec(i), v1 = vec(i + kW), v2 = vec(i + 2 * kW), v3 = vec(i + 3 * kW);
-    Store(dst + i, v0);
-    Store(dst + i + kW, v1);
-    Store(dst + i + 2 * kW, v2);
-    Store(dst + i + 3 * kW, v3);
-    a0 += v0;
-    a1 += v1;
-    a2 += v2;
-    a3 += v3;
+    a0 += vec(i);
+    a1 += vec(i + kW);
+    a2 += vec(i + 2 * kW);
+    a3 += vec(i + 3 * kW);
   }
-  for (; i + kW <= n; i += kW) {
-    const F8 v = vec(i);
-    Store(dst + i, v);
-    a0 += v;
-  }
+  for (; i + kW <= n; i += kW) a0 += vec(i);
   float tail = 0.f;
-  for (; i < n; ++i) {
-    const float v = one(i);
-    dst[i] = v;
-    tail += v;
-  }
+  for (; i < n; ++i) tail += one(i);
   return Reduce((a0 + a1) + (a2 + a3)) + tail;
 }
 
-// dst = relu(src - thr) (dst may equal src); returns sum(dst).
-inline float ShrinkSum(const float* src, float* dst, float thr, int n) {
-  const F8 t = Splat(thr), zero = Splat(0.f);
-  return StoreSum(
-      dst, n,
+// For i in [0, n): `vec(i)` handles kW lanes at i, `one(i)` a single tail element. Explicit
+// vectors keep masked loops branch free (a scalar `z > 0 ? g : 0` mispredicts half the time).
+template <typename Vec, typename One>
+inline void ForEach(int n, Vec vec, One one) {
+  int i = 0;
+  for (; i + kW <= n; i += kW) vec(i);
+  for (; i < n; ++i) one(i);
+}
+
+// dz = (g - c) [z > 0].
+inline void MaskedOut(const float* z, const float* g, float c, float* dz, int n) {
+  const FV cv = Splat(c);
+  ForEach(
+      n, [=](int i) { Store(dz + i, Select(Load(z + i) > FV{}, Load(g + i) - cv)); },
+      [=](int i) { dz[i] = z[i] > 0.f ? g[i] - c : 0.f; });
+}
+
+// sum_i relu(z_i - theta), read only.
+inline float ShiftedSum(const float* z, float theta, int n) {
+  const FV t = Splat(theta);
+  return SumOf(n, [=](int i) { return Max0(Load(z + i) - t); },
+               [=](int i) { return std::max(z[i] - theta, 0.f); });
+}
+
+// dst = relu(src - theta) (dst may be src); returns sum(dst).
+inline float ShrinkSum(const float* src, float* dst, float theta, int n) {
+  const FV t = Splat(theta);
+  return SumOf(
+      n,
       [=](int i) {
-        const F8 v = Load(src + i) - t;
-        return v > zero ? v : zero;
+        const FV v = Max0(Load(src + i) - t);
+        Store(dst + i, v);
+        return v;
       },
-      [=](int i) { return std::max(src[i] - thr, 0.f); });
+      [=](int i) { return dst[i] = std::max(src[i] - theta, 0.f); });
 }
 
-// g = (g - c) * [next > 0]; returns sum(g).
+// g = (g - c) [alive], alive = [z - theta > 0]; returns sum(g).
+inline float MaskSumZ(float* g, const float* z, float theta, float c, int n) {
+  const FV t = Splat(theta), cv = Splat(c);
+  return SumOf(
+      n,
+      [=](int i) {
+        const FV v = Select(Load(z + i) - t > FV{}, Load(g + i) - cv);
+        Store(g + i, v);
+        return v;
+      },
+      [=](int i) { return g[i] = z[i] - theta > 0.f ? g[i] - c : 0.f; });
+}
+
+// g = (g - c) [next > 0]; returns sum(g).
 inline float MaskSum(float* g, const float* next, float c, int n) {
-  const F8 zero = Splat(0.f), cv = Splat(c);
-  return StoreSum(
-      g, n, [=](int i) { return Select(Load(next + i) > zero, Load(g + i) - cv); },
-      [=](int i) { return next[i] > 0.f ? g[i] - c : 0.f; });
+  const FV cv = Splat(c);
+  return SumOf(
+      n,
+      [=](int i) {
+        const FV v = Select(Load(next + i) > FV{}, Load(g + i) - cv);
+        Store(g + i, v);
+        return v;
+      },
+      [=](int i) { return g[i] = next[i] > 0.f ? g[i] - c : 0.f; });
 }
 
-// Row-views handled together by the Tile* routines (forward, backward).
-constexpr int kTile = 4;
-constexpr int kBackTile = 1;
-
-// Forward of K row-views: y[k] = ICS(z[k]) with alpha[k] [T], gamma[k] [D].
-template <int K>
-inline void TileForward(const float* const* z, const float* const* alpha,
-                        const float* const* gamma, float* const* y, int dim, int iters) {
-  float sum[K];
-  for (int k = 0; k < K; ++k) sum[k] = ShrinkSum(z[k], y[k], 0.f, dim);
+inline bool NonNegative(const float* alpha, int iters) {
   for (int t = 0; t < iters; ++t) {
-    for (int k = 0; k < K; ++k) {
-      const float mu = sum[k] / static_cast<float>(dim);
-      sum[k] = ShrinkSum(y[k], y[k], alpha[k][t] * mu, dim);
-    }
+    if (!(alpha[t] >= 0.f)) return false;
   }
-  for (int k = 0; k < K; ++k) {
-    float* yk = y[k];
-    const float* gk = gamma[k];
-    for (int i = 0; i < dim; ++i) yk[i] = gk[i] * yk[i];
-  }
+  return true;
 }
 
-// Floats of work TileBackward<K> needs.
-inline int64_t TileWorkFloats(int k, int dim, int iters) {
-  return static_cast<int64_t>(k) * ((iters + 2) * static_cast<int64_t>(dim) + iters);
-}
+// ---- general path (any alpha), one row-view ----------------------------------------------
 
-// Backward of K row-views; accumulates into dalpha[k] [T] and dgamma[k] [D] (partials owned by
-// the caller). Recomputes the states with the forward's arithmetic, so the masks agree.
-template <int K>
-inline void TileBackward(const float* const* z, const float* const* alpha,
-                         const float* const* gamma, const float* const* dy, float* const* dz,
-                         float* const* dalpha, float* const* dgamma, float* work, int dim,
-                         int iters) {
-  const int64_t stride = (iters + 2) * static_cast<int64_t>(dim) + iters;
-  float *g[K], *x0[K], *xs[K], *mu[K];                 // per row-view: g [D], x0 [D], xs [T, D], mu [T]
-  float sum[K];
-  for (int k = 0; k < K; ++k) {
-    g[k] = work + k * stride;
-    x0[k] = g[k] + dim;
-    xs[k] = x0[k] + dim;
-    mu[k] = xs[k] + static_cast<int64_t>(iters) * dim;
-    sum[k] = ShrinkSum(z[k], x0[k], 0.f, dim);
-  }
+// y = ICS(z), mu [T] = the means, with the sequential states.
+inline void SeqForward(const float* z, const float* alpha, const float* gamma, float* y,
+                       float* mu, int dim, int iters) {
+  float sum = ShrinkSum(z, y, 0.f, dim);
   for (int t = 0; t < iters; ++t) {
-    for (int k = 0; k < K; ++k) {
-      mu[k][t] = sum[k] / static_cast<float>(dim);
-      const float* prev = t == 0 ? x0[k] : xs[k] + static_cast<int64_t>(t - 1) * dim;
-      sum[k] = ShrinkSum(prev, xs[k] + static_cast<int64_t>(t) * dim, alpha[k][t] * mu[k][t], dim);
-    }
+    mu[t] = sum / static_cast<float>(dim);
+    sum = ShrinkSum(y, y, alpha[t] * mu[t], dim);
   }
-  for (int k = 0; k < K; ++k) {
-    const float* xt = iters > 0 ? xs[k] + static_cast<int64_t>(iters - 1) * dim : x0[k];
-    const float *dyk = dy[k], *gam = gamma[k];
-    float *dg = dgamma[k], *gk = g[k];
-    for (int i = 0; i < dim; ++i) {
-      dg[i] += dyk[i] * xt[i];
-      gk[i] = dyk[i] * gam[i];
-    }
+  ForEach(
+      dim, [=](int i) { Store(y + i, Load(gamma + i) * Load(y + i)); },
+      [=](int i) { y[i] = gamma[i] * y[i]; });
+}
+
+// Floats of work the backward needs per row-view.
+inline int64_t WorkFloats(int dim, int iters) {
+  return (iters + 2) * static_cast<int64_t>(dim) + iters;
+}
+
+// Backward recomputing the sequential states (x_1..x_T) with SeqForward's arithmetic.
+inline void SeqBackward(const float* z, const float* alpha, const float* gamma, const float* dy,
+                        float* dz, float* dalpha, float* dgamma, float* work, int dim,
+                        int iters) {
+  float* g = work;                                     // [D]
+  float* x0 = g + dim;                                 // [D]
+  float* xs = x0 + dim;                                // [T, D]: x_1..x_T
+  float* mu = xs + static_cast<int64_t>(iters) * dim;  // [T]
+  float sum = ShrinkSum(z, x0, 0.f, dim);
+  for (int t = 0; t < iters; ++t) {
+    mu[t] = sum / static_cast<float>(dim);
+    const float* prev = t == 0 ? x0 : xs + static_cast<int64_t>(t - 1) * dim;
+    sum = ShrinkSum(prev, xs + static_cast<int64_t>(t) * dim, alpha[t] * mu[t], dim);
   }
-  // g_t = u - c_t with c_t = alpha_t s_t / D; the subtraction is folded into the next pass.
-  float c[K];
-  for (int k = 0; k < K; ++k) c[k] = 0.f;
+  const float* xt = iters > 0 ? xs + static_cast<int64_t>(iters - 1) * dim : x0;
+  ForEach(
+      dim,
+      [=](int i) {
+        const FV d = Load(dy + i);
+        Store(dgamma + i, Load(dgamma + i) + d * Load(xt + i));
+        Store(g + i, d * Load(gamma + i));
+      },
+      [=](int i) {
+        dgamma[i] += dy[i] * xt[i];
+        g[i] = dy[i] * gamma[i];
+      });
+  float c = 0.f;  // g_t = u - c: the subtraction is folded into the next pass
   for (int t = iters - 1; t >= 0; --t) {
+    const float s = MaskSum(g, xs + static_cast<int64_t>(t) * dim, c, dim);
+    dalpha[t] -= mu[t] * s;
+    c = alpha[t] * s / static_cast<float>(dim);
+  }
+  MaskedOut(z, g, c, dz, dim);
+}
+
+// ---- fast path (alpha >= 0), K row-views interleaved -------------------------------------
+
+template <int K>
+inline void FastForward(const float* const* z, const float* const* alpha,
+                        const float* const* gamma, float* const* y, float* const* mu, int dim,
+                        int iters) {
+  float theta[K];
+  for (int k = 0; k < K; ++k) theta[k] = 0.f;
+  for (int t = 0; t < iters; ++t) {
     for (int k = 0; k < K; ++k) {
-      const float s = MaskSum(g[k], xs[k] + static_cast<int64_t>(t) * dim, c[k], dim);
-      dalpha[k][t] -= mu[k][t] * s;
-      c[k] = alpha[k][t] * s / static_cast<float>(dim);
+      mu[k][t] = ShiftedSum(z[k], theta[k], dim) / static_cast<float>(dim);
+      theta[k] += alpha[k][t] * mu[k][t];
     }
   }
   for (int k = 0; k < K; ++k) {
     const float* zk = z[k];
-    const float* gk = g[k];
-    const float ck = c[k];
-    float* dzk = dz[k];
-    for (int i = 0; i < dim; ++i) dzk[i] = zk[i] > 0.f ? gk[i] - ck : 0.f;
+    const float* gk = gamma[k];
+    float* yk = y[k];
+    const float th = theta[k];
+    const FV tv = Splat(th);
+    ForEach(
+        dim, [=](int i) { Store(yk + i, Load(gk + i) * Max0(Load(zk + i) - tv)); },
+        [=](int i) { yk[i] = gk[i] * std::max(zk[i] - th, 0.f); });
   }
 }
 
-// Forward of row-views [first, last) of a contiguous [rows * views, dim] tensor.
+// dalpha[k] [T], dgamma[k] [D] are accumulated (partials owned by the caller); work: K * D.
+template <int K>
+inline void FastBackward(const float* const* z, const float* const* alpha,
+                         const float* const* gamma, const float* const* mu,
+                         const float* const* dy, float* const* dz, float* const* dalpha,
+                         float* const* dgamma, float* work, int dim, int iters) {
+  constexpr int kMaxT = 64;  // callers use SeqBackward beyond this
+  float theta[K][kMaxT + 1], c[K];
+  for (int k = 0; k < K; ++k) {
+    theta[k][0] = 0.f;
+    for (int t = 0; t < iters; ++t) theta[k][t + 1] = theta[k][t] + alpha[k][t] * mu[k][t];
+    const float *zk = z[k], *dyk = dy[k], *gam = gamma[k];
+    float *g = work + static_cast<int64_t>(k) * dim, *dg = dgamma[k];
+    const float th = theta[k][iters];
+    const FV tv = Splat(th);
+    ForEach(
+        dim,
+        [=](int i) {
+          const FV d = Load(dyk + i);
+          Store(dg + i, Load(dg + i) + d * Max0(Load(zk + i) - tv));
+          Store(g + i, d * Load(gam + i));
+        },
+        [=](int i) {
+          dg[i] += dyk[i] * std::max(zk[i] - th, 0.f);
+          g[i] = dyk[i] * gam[i];
+        });
+    c[k] = 0.f;
+  }
+  for (int t = iters - 1; t >= 0; --t) {
+    for (int k = 0; k < K; ++k) {
+      const float s = MaskSumZ(work + static_cast<int64_t>(k) * dim, z[k], theta[k][t + 1],
+                               c[k], dim);
+      dalpha[k][t] -= mu[k][t] * s;
+      c[k] = alpha[k][t] * s / static_cast<float>(dim);
+    }
+  }
+  for (int k = 0; k < K; ++k) MaskedOut(z[k], work + static_cast<int64_t>(k) * dim, c[k], dz[k], dim);
+}
+
+constexpr int kTile = 4;
+
+// Forward of row-views [first, last) of contiguous z, y [rows * views, dim], mu [.., T].
 inline void ForwardRange(const float* z, const float* alpha, const float* gamma, float* y,
-                         int64_t first, int64_t last, int views, int dim, int iters) {
-  int64_t i = first;
+                         float* mu, int64_t first, int64_t last, int views, int dim, int iters) {
   const float *zp[kTile], *ap[kTile], *gp[kTile];
-  float* yp[kTile];
+  float *yp[kTile], *mp[kTile];
   auto set = [&](int k, int64_t r) {
     const int v = static_cast<int>(r % views);
     zp[k] = z + r * dim;
     ap[k] = alpha + static_cast<int64_t>(v) * iters;
     gp[k] = gamma + static_cast<int64_t>(v) * dim;
     yp[k] = y + r * dim;
+    mp[k] = mu + r * iters;
   };
+  int64_t i = first;
   for (; i + kTile <= last; i += kTile) {
-    for (int k = 0; k < kTile; ++k) set(k, i + k);
-    TileForward<kTile>(zp, ap, gp, yp, dim, iters);
+    bool fast = true;
+    for (int k = 0; k < kTile; ++k) {
+      set(k, i + k);
+      fast = fast && NonNegative(ap[k], iters);
+    }
+    if (fast) {
+      FastForward<kTile>(zp, ap, gp, yp, mp, dim, iters);
+    } else {
+      for (int k = 0; k < kTile; ++k) SeqForward(zp[k], ap[k], gp[k], yp[k], mp[k], dim, iters);
+    }
   }
   for (; i < last; ++i) {
     set(0, i);
-    TileForward<1>(zp, ap, gp, yp, dim, iters);
+    if (NonNegative(ap[0], iters)) {
+      FastForward<1>(zp, ap, gp, yp, mp, dim, iters);
+    } else {
+      SeqForward(zp[0], ap[0], gp[0], yp[0], mp[0], dim, iters);
+    }
   }
 }
 
-// Backward of row-views [first, last); partial (per view v) dgamma at part + v * (dim + iters)
-// and dalpha right after it. work: TileWorkFloats(kTile, dim, iters) floats.
+// Floats of work BackwardRange needs.
+inline int64_t RangeWorkFloats(int dim, int iters) {
+  return std::max<int64_t>(kTile * static_cast<int64_t>(dim), WorkFloats(dim, iters));
+}
+
+// Backward of row-views [first, last); the partials of view v are dgamma at part + v*(D+T) and
+// dalpha right after it (row-views of a tile may share a view: they update it in turn).
 inline void BackwardRange(const float* z, const float* alpha, const float* gamma,
-                          const float* dy, float* dz, float* part, float* work, int64_t first,
-                          int64_t last, int views, int dim, int iters) {
-  const float *zp[kTile], *ap[kTile], *gp[kTile], *dyp[kTile];
+                          const float* mu, const float* dy, float* dz, float* part, float* work,
+                          int64_t first, int64_t last, int views, int dim, int iters) {
+  const float *zp[kTile], *ap[kTile], *gp[kTile], *mp[kTile], *dyp[kTile];
   float *dzp[kTile], *dap[kTile], *dgp[kTile];
   auto set = [&](int k, int64_t r) {
     const int v = static_cast<int>(r % views);
     zp[k] = z + r * dim;
     ap[k] = alpha + static_cast<int64_t>(v) * iters;
     gp[k] = gamma + static_cast<int64_t>(v) * dim;
+    mp[k] = mu + r * iters;
     dyp[k] = dy + r * dim;
     dzp[k] = dz + r * dim;
     dgp[k] = part + static_cast<int64_t>(v) * (dim + iters);
     dap[k] = dgp[k] + dim;
   };
-  // Row-views of a tile may share a view (views < kTile): their partials then alias, which
-  // is fine, the tile updates them one after the other.
+  const bool short_t = iters <= 64;
+  auto one = [&](int k) {
+    if (short_t && NonNegative(ap[k], iters)) {
+      FastBackward<1>(zp + k, ap + k, gp + k, mp + k, dyp + k, dzp + k, dap + k, dgp + k, work,
+                      dim, iters);
+    } else {
+      SeqBackward(zp[k], ap[k], gp[k], dyp[k], dzp[k], dap[k], dgp[k], work, dim, iters);
+    }
+  };
   int64_t i = first;
-  for (; i + kBackTile <= last; i += kBackTile) {
-    for (int k = 0; k < kBackTile; ++k) set(k, i + k);
-    TileBackward<kBackTile>(zp, ap, gp, dyp, dzp, dap, dgp, work, dim, iters);
+  for (; i + kTile <= last; i += kTile) {
+    bool fast = short_t;
+    for (int k = 0; k < kTile; ++k) {
+      set(k, i + k);
+      fast = fast && NonNegative(ap[k], iters);
+    }
+    if (fast) {
+      FastBackward<kTile>(zp, ap, gp, mp, dyp, dzp, dap, dgp, work, dim, iters);
+    } else {
+      for (int k = 0; k < kTile; ++k) one(k);
+    }
   }
   for (; i < last; ++i) {
     set(0, i);
-    TileBackward<1>(zp, ap, gp, dyp, dzp, dap, dgp, work, dim, iters);
+    one(0);
   }
 }
 

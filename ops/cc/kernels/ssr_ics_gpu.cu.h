@@ -3,9 +3,11 @@
 //
 // One warp per row-view: lane l holds elements l, l + 32, ... in registers (coalesced loads),
 // the T means are warp-shuffle reductions, so z is read once and y written once.
-// Forward:  x0 = relu(z); x_{t+1} = relu(x_t - alpha_t mean(x_t)); y = gamma x_T.
+// Forward:  x0 = relu(z); x_{t+1} = relu(x_t - alpha_t mean(x_t)); y = gamma x_T (+ the means).
 // Backward: u = g * [x_{t+1} > 0]; g_t = u - alpha_t sum(u) / D; dalpha_t -= mu_t sum(u);
-//           dgamma += dy x_T; dz = g_0 [z > 0]. The survival masks are kept as bits.
+//           dgamma += dy x_T; dz = g_0 [z > 0]. The backward recomputes the states in
+//           registers (cheaper than reading the saved means on a GPU) and keeps the survival
+//           masks as bits.
 #ifndef SSR_TF_OPS_CC_KERNELS_SSR_ICS_GPU_CU_H_
 #define SSR_TF_OPS_CC_KERNELS_SSR_ICS_GPU_CU_H_
 
@@ -30,8 +32,8 @@ __device__ __forceinline__ float WarpSum(float v) {
 template <int kPer>
 __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
     IcsForwardKernel(const float* __restrict__ z, const float* __restrict__ alpha,
-                     const float* __restrict__ gamma, float* __restrict__ y, int64_t n_rv,
-                     int views, int dim, int iters) {
+                     const float* __restrict__ gamma, float* __restrict__ y,
+                     float* __restrict__ mu, int64_t n_rv, int views, int dim, int iters) {
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
   for (int64_t rv = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
@@ -48,7 +50,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
     }
     s = WarpSum(s);
     for (int t = 0; t < iters; ++t) {
-      const float thr = __ldg(alpha + v * iters + t) * (s / dim);
+      const float m = s / dim;
+      if (lane == 0) mu[rv * iters + t] = m;
+      const float thr = __ldg(alpha + v * iters + t) * m;
       s = 0.f;
 #pragma unroll
       for (int j = 0; j < kPer; ++j) {
@@ -166,20 +170,20 @@ inline int GridFor(int64_t warps_needed, int max_blocks) {
   return static_cast<int>(blocks < max_blocks ? (blocks > 0 ? blocks : 1) : max_blocks);
 }
 
-// Launches the forward on `stream`; returns cudaErrorInvalidValue for dim > 512 or iters > 32.
+// Launches the forward on `stream` (y and the means mu [rows, views, iters]); returns cudaErrorInvalidValue for dim > 512 or iters > 32.
 inline cudaError_t LaunchIcsForward(cudaStream_t stream, const float* z, const float* alpha,
-                                    const float* gamma, float* y, int64_t rows, int views,
-                                    int dim, int iters) {
+                                    const float* gamma, float* y, float* mu, int64_t rows,
+                                    int views, int dim, int iters) {
   const int64_t n_rv = rows * views;
   if (n_rv == 0) return cudaSuccess;
   const int grid = GridFor(n_rv, 1 << 20);
   const dim3 block(kWarpsPerBlock * kWarp);
   switch (PerLane(dim)) {
-    case 1: IcsForwardKernel<1><<<grid, block, 0, stream>>>(z, alpha, gamma, y, n_rv, views, dim, iters); break;
-    case 2: IcsForwardKernel<2><<<grid, block, 0, stream>>>(z, alpha, gamma, y, n_rv, views, dim, iters); break;
-    case 4: IcsForwardKernel<4><<<grid, block, 0, stream>>>(z, alpha, gamma, y, n_rv, views, dim, iters); break;
-    case 8: IcsForwardKernel<8><<<grid, block, 0, stream>>>(z, alpha, gamma, y, n_rv, views, dim, iters); break;
-    case 16: IcsForwardKernel<16><<<grid, block, 0, stream>>>(z, alpha, gamma, y, n_rv, views, dim, iters); break;
+    case 1: IcsForwardKernel<1><<<grid, block, 0, stream>>>(z, alpha, gamma, y, mu, n_rv, views, dim, iters); break;
+    case 2: IcsForwardKernel<2><<<grid, block, 0, stream>>>(z, alpha, gamma, y, mu, n_rv, views, dim, iters); break;
+    case 4: IcsForwardKernel<4><<<grid, block, 0, stream>>>(z, alpha, gamma, y, mu, n_rv, views, dim, iters); break;
+    case 8: IcsForwardKernel<8><<<grid, block, 0, stream>>>(z, alpha, gamma, y, mu, n_rv, views, dim, iters); break;
+    case 16: IcsForwardKernel<16><<<grid, block, 0, stream>>>(z, alpha, gamma, y, mu, n_rv, views, dim, iters); break;
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();

@@ -61,19 +61,19 @@ namespace functor {
 
 template <>
 void IcsForward<CPUDevice>::operator()(const CPUDevice& d, const float* z, const float* alpha,
-                                       const float* gamma, float* y, int64_t rows, int views,
-                                       int dim, int iters) const {
+                                       const float* gamma, float* y, float* mu, int64_t rows,
+                                       int views, int dim, int iters) const {
   const int64_t n = rows * views;
   const Eigen::TensorOpCost cost(8.0 * dim, 4.0 * dim, 3.0 * dim * (iters + 2));
   d.parallelFor(n, cost, [=](Eigen::Index first, Eigen::Index last) {
-    cpu::ForwardRange(z, alpha, gamma, y, first, last, views, dim, iters);
+    cpu::ForwardRange(z, alpha, gamma, y, mu, first, last, views, dim, iters);
   });
 }
 
 template <>
 void IcsBackward<CPUDevice>::operator()(const CPUDevice& d, const float* z, const float* alpha,
-                                        const float* gamma, const float* dy, float* dz,
-                                        float* dalpha, float* dgamma, float* scratch,
+                                        const float* gamma, const float* mu, const float* dy,
+                                        float* dz, float* dalpha, float* dgamma, float* scratch,
                                         int64_t rows, int views, int dim, int iters,
                                         int blocks) const {
   const int64_t part = static_cast<int64_t>(views) * (dim + iters);  // per-block partials
@@ -82,10 +82,10 @@ void IcsBackward<CPUDevice>::operator()(const CPUDevice& d, const float* z, cons
   const double per_block = static_cast<double>(rows_per_block) * views * dim;
   const Eigen::TensorOpCost cost(12.0 * per_block, 4.0 * per_block, 8.0 * per_block * (iters + 2));
   d.parallelFor(blocks, cost, [=](Eigen::Index first, Eigen::Index last) {
-    std::vector<float> work(cpu::TileWorkFloats(cpu::kTile, dim, iters));
+    std::vector<float> work(cpu::RangeWorkFloats(dim, iters));
     for (Eigen::Index blk = first; blk < last; ++blk) {
       const int64_t r0 = blk * rows_per_block, r1 = std::min(rows, r0 + rows_per_block);
-      cpu::BackwardRange(z, alpha, gamma, dy, dz, scratch + blk * part, work.data(),
+      cpu::BackwardRange(z, alpha, gamma, mu, dy, dz, scratch + blk * part, work.data(),
                          r0 * views, r1 * views, views, dim, iters);
     }
   });
@@ -136,12 +136,16 @@ class SsrIcsOp : public OpKernel {
                 InvalidArgument("z must be [batch, views, dim], got ", z.shape().DebugString()));
     OP_REQUIRES_OK(ctx, CheckAlphaGamma(alpha, gamma, z.dim_size(1), z.dim_size(2)));
     OP_REQUIRES_OK(ctx, CheckDeviceLimits<Device>(z.dim_size(2), alpha.dim_size(1)));
-    Tensor* y = nullptr;
+    Tensor *y = nullptr, *mu = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, z.shape(), &y));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            1, TensorShape({z.dim_size(0), z.dim_size(1), alpha.dim_size(1)}),
+                            &mu));
     if (z.NumElements() == 0) return;
     functor::IcsForward<Device>()(ctx->eigen_device<Device>(), z.flat<float>().data(),
                                   alpha.flat<float>().data(), gamma.flat<float>().data(),
-                                  y->flat<float>().data(), z.dim_size(0),
+                                  y->flat<float>().data(), mu->flat<float>().data(),
+                                  z.dim_size(0),
                                   static_cast<int>(z.dim_size(1)),
                                   static_cast<int>(z.dim_size(2)),
                                   static_cast<int>(alpha.dim_size(1)));
@@ -157,13 +161,16 @@ class SsrIcsGradOp : public OpKernel {
     const Tensor& z = ctx->input(0);
     const Tensor& alpha = ctx->input(1);
     const Tensor& gamma = ctx->input(2);
-    const Tensor& dy = ctx->input(3);
+    const Tensor& mu = ctx->input(3);
+    const Tensor& dy = ctx->input(4);
     OP_REQUIRES(ctx, z.dims() == 3,
                 InvalidArgument("z must be [batch, views, dim], got ", z.shape().DebugString()));
     OP_REQUIRES(ctx, dy.shape() == z.shape(),
                 InvalidArgument("dy ", dy.shape().DebugString(), " must match z ",
                                 z.shape().DebugString()));
     OP_REQUIRES_OK(ctx, CheckAlphaGamma(alpha, gamma, z.dim_size(1), z.dim_size(2)));
+    OP_REQUIRES(ctx, mu.shape() == TensorShape({z.dim_size(0), z.dim_size(1), alpha.dim_size(1)}),
+                InvalidArgument("mu must be [batch, views, T], got ", mu.shape().DebugString()));
     OP_REQUIRES_OK(ctx, CheckDeviceLimits<Device>(z.dim_size(2), alpha.dim_size(1)));
     Tensor *dz = nullptr, *dalpha = nullptr, *dgamma = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, z.shape(), &dz));
@@ -181,7 +188,8 @@ class SsrIcsGradOp : public OpKernel {
                             &scratch));
     functor::IcsBackward<Device>()(
         ctx->eigen_device<Device>(), z.flat<float>().data(), alpha.flat<float>().data(),
-        gamma.flat<float>().data(), dy.flat<float>().data(), dz->flat<float>().data(),
+        gamma.flat<float>().data(), mu.flat<float>().data(), dy.flat<float>().data(),
+        dz->flat<float>().data(),
         dalpha->flat<float>().data(), dgamma->flat<float>().data(),
         scratch.flat<float>().data(), rows, views, dim, iters, blocks);
   }
@@ -210,9 +218,10 @@ class SsrDynamicViewOp : public OpKernel {
     const int iters = static_cast<int>(alpha.dim_size(1));
     const int64_t cols = static_cast<int64_t>(views) * dim;
     const TensorShape out_shape({rows, views, dim});
-    Tensor *y = nullptr, *z = nullptr;
+    Tensor *y = nullptr, *z = nullptr, *mu = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &y));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, out_shape, &z));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({rows, views, iters}), &mu));
     if (y->NumElements() == 0) return;
     // Rows per block: the block's z slab is ~128 KiB so the epilogue reads it from L2.
     const int64_t rb = std::clamp<int64_t>((32 << 10) / cols, 4, 256);
@@ -223,6 +232,7 @@ class SsrDynamicViewOp : public OpKernel {
     const float* gp = gamma.flat<float>().data();
     float* yp = y->flat<float>().data();
     float* zp = z->flat<float>().data();
+    float* mp = mu->flat<float>().data();
     const double per_block = static_cast<double>(rb) * cols;
     const Eigen::TensorOpCost cost(4.0 * per_block * (d_in > 0 ? 1 : 0) + 4.0 * per_block,
                                    8.0 * per_block,
@@ -238,7 +248,7 @@ class SsrDynamicViewOp : public OpKernel {
         } else {
           zm.noalias() = Eigen::Map<const RowMat>(xp + r0 * d_in, n, d_in) * wm;
         }
-        cpu::ForwardRange(zp, ap, gp, yp, r0 * views, (r0 + n) * views, views, dim, iters);
+        cpu::ForwardRange(zp, ap, gp, yp, mp, r0 * views, (r0 + n) * views, views, dim, iters);
       }
     });
   }
@@ -254,12 +264,12 @@ REGISTER_KERNEL_BUILDER(Name("SsrDynamicView").Device(tensorflow::DEVICE_CPU), S
 namespace functor {
 template <>
 void IcsForward<GPUDevice>::operator()(const GPUDevice& d, const float* z, const float* alpha,
-                                       const float* gamma, float* y, int64_t rows, int views,
-                                       int dim, int iters) const;
+                                       const float* gamma, float* y, float* mu, int64_t rows,
+                                       int views, int dim, int iters) const;
 template <>
 void IcsBackward<GPUDevice>::operator()(const GPUDevice& d, const float* z, const float* alpha,
-                                        const float* gamma, const float* dy, float* dz,
-                                        float* dalpha, float* dgamma, float* scratch,
+                                        const float* gamma, const float* mu, const float* dy,
+                                        float* dz, float* dalpha, float* dgamma, float* scratch,
                                         int64_t rows, int views, int dim, int iters,
                                         int blocks) const;
 }  // namespace functor

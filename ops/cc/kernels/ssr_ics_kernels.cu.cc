@@ -14,15 +14,16 @@ using GPUDevice = Eigen::GpuDevice;
 
 template <>
 void IcsForward<GPUDevice>::operator()(const GPUDevice& d, const float* z, const float* alpha,
-                                       const float* gamma, float* y, int64_t rows, int views,
-                                       int dim, int iters) const {
-  gpu::LaunchIcsForward(d.stream(), z, alpha, gamma, y, rows, views, dim, iters);
+                                       const float* gamma, float* y, float* mu, int64_t rows,
+                                       int views, int dim, int iters) const {
+  gpu::LaunchIcsForward(d.stream(), z, alpha, gamma, y, mu, rows, views, dim, iters);
 }
 
 template <>
 void IcsBackward<GPUDevice>::operator()(const GPUDevice& d, const float* z, const float* alpha,
-                                        const float* gamma, const float* dy, float* dz,
-                                        float* dalpha, float* dgamma, float* /*scratch*/,
+                                        const float* gamma, const float* /*mu*/,
+                                        const float* dy, float* dz, float* dalpha,
+                                        float* dgamma, float* /*scratch*/,
                                         int64_t rows, int views, int dim, int iters,
                                         int /*blocks*/) const {
   gpu::LaunchIcsBackward(d.stream(), z, alpha, gamma, dy, dz, dalpha, dgamma, rows, views, dim,

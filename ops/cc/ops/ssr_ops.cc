@@ -26,18 +26,25 @@ Status CheckAlphaGamma(InferenceContext* c, int alpha_idx, DimensionHandle v, Di
   return ::tensorflow::OkStatus();
 }
 
+// [B, V, T]: the per-row-view means, the compact state the gradient uses.
+ShapeHandle MuShape(InferenceContext* c, DimensionHandle b, DimensionHandle v, int alpha_idx) {
+  return c->MakeShape({b, v, c->Dim(c->input(alpha_idx), 1)});
+}
+
 Status IcsShape(InferenceContext* c) {
   ShapeHandle z;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &z));
   TF_RETURN_IF_ERROR(CheckAlphaGamma(c, 1, c->Dim(z, 1), c->Dim(z, 2)));
   c->set_output(0, z);
+  c->set_output(1, MuShape(c, c->Dim(z, 0), c->Dim(z, 1), 1));
   return ::tensorflow::OkStatus();
 }
 
 Status IcsGradShape(InferenceContext* c) {
-  ShapeHandle z, dy;
+  ShapeHandle z, mu, dy;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &z));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 3, &dy));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 3, &mu));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 3, &dy));
   TF_RETURN_IF_ERROR(c->Merge(z, dy, &z));
   TF_RETURN_IF_ERROR(CheckAlphaGamma(c, 1, c->Dim(z, 1), c->Dim(z, 2)));
   c->set_output(0, z);
@@ -56,6 +63,7 @@ Status DynamicViewShape(InferenceContext* c) {
   ShapeHandle out = c->MakeShape({c->Dim(x, 0), c->Dim(w, 1), c->Dim(w, 2)});
   c->set_output(0, out);
   c->set_output(1, out);
+  c->set_output(2, MuShape(c, c->Dim(x, 0), c->Dim(w, 1), 2));
   return ::tensorflow::OkStatus();
 }
 
@@ -97,23 +105,26 @@ REGISTER_OP("SsrIcs")
     .Input("alpha: float")
     .Input("gamma: float")
     .Output("y: float")
+    .Output("mu: float")
     .SetShapeFn(IcsShape)
     .Doc(R"doc(
 Iterative Competitive Sparse over the last axis of z [B, V, D]:
 x0 = relu(z); x_{t+1} = relu(x_t - alpha[v, t] * mean_d(x_t)); y = gamma[v] * x_T.
 alpha: [V, T] extinction rates. gamma: [V, D] recovery scales.
+mu: [B, V, T] the means mean_d(x_t), the state SsrIcsGrad uses (not differentiated).
 )doc");
 
 REGISTER_OP("SsrIcsGrad")
     .Input("z: float")
     .Input("alpha: float")
     .Input("gamma: float")
+    .Input("mu: float")
     .Input("dy: float")
     .Output("dz: float")
     .Output("dalpha: float")
     .Output("dgamma: float")
     .SetShapeFn(IcsGradShape)
-    .Doc("Gradient of SsrIcs; recomputes the T states of each row-view in cache.");
+    .Doc("Gradient of SsrIcs from z and the saved means mu (no state recomputation when alpha >= 0).");
 
 REGISTER_OP("SsrDynamicView")
     .Input("x: float")
@@ -122,10 +133,11 @@ REGISTER_OP("SsrDynamicView")
     .Input("gamma: float")
     .Output("y: float")
     .Output("z: float")
+    .Output("mu: float")
     .SetShapeFn(DynamicViewShape)
     .Doc(R"doc(
 Grouped projection with ICS epilogue: z = reshape(x @ reshape(W, [d_in, V*E]), [B, V, E]),
-y = ICS(z, alpha, gamma). z is returned as the state the gradient needs.
+y = ICS(z, alpha, gamma). z and the ICS means mu [B, V, T] are the state the gradient needs.
 )doc");
 
 REGISTER_OP("SsrBlockFusion")
