@@ -46,8 +46,8 @@ def feature_types(signature_inputs: Mapping[str, Any]) -> dict[str, FeatureType]
 
 
 def _values(ft: FeatureType, value: Any, where: str) -> list:
-  if value is None or (isinstance(value, str) and value == "" and ft.dtype != types_pb2.DT_STRING):
-    return []
+  if value is None or (isinstance(value, str) and value == ""):
+    return []                                   # missing: the parser's default applies
   if isinstance(value, (list, tuple, np.ndarray)):
     items = list(value)
   elif ft.multi and isinstance(value, str):
@@ -82,9 +82,7 @@ def make_example(row: Mapping[str, Any], types: Optional[Mapping[str, FeatureTyp
         continue
     else:
       probe = value[0] if isinstance(value, (list, tuple)) and value else value
-      dtype = (types_pb2.DT_INT64 if isinstance(probe, (int, np.integer)) and not isinstance(probe, bool)
-               else types_pb2.DT_FLOAT if isinstance(probe, (float, np.floating))
-               else types_pb2.DT_STRING)
+      dtype = _guess_dtype(probe)
       ft = FeatureType(name, dtype, isinstance(value, (list, tuple)))
     vals = _values(ft, value, where)
     if not vals:
@@ -97,6 +95,24 @@ def make_example(row: Mapping[str, Any], types: Optional[Mapping[str, FeatureTyp
     else:
       f.float_list.value.extend(vals)
   return ex
+
+
+def _guess_dtype(value: Any) -> int:
+  """int64 / float / string for an untyped value (numeric-looking strings are numbers)."""
+  if isinstance(value, (bool, np.bool_)):
+    return types_pb2.DT_INT64
+  if isinstance(value, (int, np.integer)):
+    return types_pb2.DT_INT64
+  if isinstance(value, (float, np.floating)):
+    return types_pb2.DT_FLOAT
+  if isinstance(value, str):
+    for cast, dtype in ((int, types_pb2.DT_INT64), (float, types_pb2.DT_FLOAT)):
+      try:
+        cast(value)
+        return dtype
+      except ValueError:
+        pass
+  return types_pb2.DT_STRING
 
 
 def synthetic_rows(types: Mapping[str, FeatureType], n: int, seed: int = 0,

@@ -67,11 +67,15 @@ def _error_code(e: tf.errors.OpError) -> grpc.StatusCode:
 
 
 def _short(message: str, limit: int = 400) -> str:
-  """First line of a TF error (without the graph-node trailer), at most `limit` chars."""
-  line = message.strip().splitlines()[0] if message.strip() else "error"
-  for marker in ("\n\t [[", "\t [[", " [[{{node"):
-    line = line.split(marker)[0]
-  return line if len(line) <= limit else line[:limit] + "..."
+  """A TF error without its graph-node trailer, control bytes escaped, <= `limit` chars."""
+  text = message.strip() or "error"
+  if text.startswith("Graph execution error:"):
+    text = text[len("Graph execution error:"):].strip() or text
+  for marker in ("\n\t [[", "\t [[", " [[{{node", "\n\nStack trace", "\n\nDetected at"):
+    text = text.split(marker)[0]
+  text = " ".join(text.split("\n")).strip()
+  text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+  return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Servable:
@@ -151,6 +155,12 @@ class Servable:
     except tf.errors.OpError as e:
       subject = (f"input '{names[0]}'" if len(names) == 1 else f"signature '{sig.name}'")
       raise ServingError(_error_code(e), f"{subject}: {_short(e.message)}") from None
+    except UnicodeDecodeError as e:
+      # TF echoed a non-UTF-8 input value (e.g. an unparsable tf.Example) into its error
+      # message and could not build the exception: recover the text, it is a bad input.
+      text = e.object.decode("utf-8", "replace") if isinstance(e.object, bytes) else str(e)
+      subject = (f"input '{names[0]}'" if len(names) == 1 else f"signature '{sig.name}'")
+      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"{subject}: {_short(text)}") from None
     return dict(zip(outs, values))
 
   def close(self) -> None:

@@ -1,0 +1,266 @@
+"""Python client for a TF Serving (or ``ssr_tf serve``) ranking server, and `ssr_tf score`.
+
+:class:`RankingClient` wraps the official ``PredictionService`` / ``ModelService`` stubs::
+
+  from ssr_tf.serving.client import RankingClient
+  with RankingClient("127.0.0.1:8500", model_name="ssr") as c:
+    scores = c.score_rows([{"user_id": 7, "item_id": 42, "query": "shoes"}])
+    scores["click_prob"], scores["pay_prob"]      # float32 arrays, one value per row
+
+``ssr_tf score --server HOST:PORT --input FILE`` scores a TFRecord of tf.Examples, a CSV
+file with a header row, or JSON lines, and prints one ``click_prob<TAB>pay_prob`` line
+per record. CSV / JSON values are typed by the model's ``predict_raw`` signature
+(fetched with GetModelMetadata); multi-valued CSV cells separate values with ``|``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+import ssr_tf  # noqa: F401  (TF log level before TensorFlow loads)
+import grpc
+import numpy as np
+from tensorflow.core.example import example_pb2
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+                                     model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+from ssr_tf.errors import DataError, UserError
+from ssr_tf.serving import examples as examples_lib
+from ssr_tf.serving.tensors import ndarray_to_tensor, tensor_to_ndarray
+
+OUTPUTS = ("click_prob", "pay_prob")
+ExampleLike = Union[bytes, example_pb2.Example]
+
+
+class RankingClient:
+  """Scores candidates against a model served with TF Serving's gRPC API.
+
+  Args:
+    target: ``host:port`` of the server.
+    model_name: ModelSpec.name.
+    version: pin a version (None = the latest the server has).
+    timeout_s: per-call deadline.
+    max_message_bytes: gRPC message limit of this channel.
+  """
+
+  def __init__(self, target: str, model_name: str = "ssr", version: Optional[int] = None,
+               timeout_s: float = 10.0, max_message_bytes: int = 64 << 20):
+    self.target, self.model_name, self.version = target, model_name, version
+    self.timeout_s = timeout_s
+    self.channel = grpc.insecure_channel(target, options=[
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes)])
+    self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+    self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+    self._types: Optional[dict[str, examples_lib.FeatureType]] = None
+
+  def __enter__(self) -> "RankingClient":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def close(self) -> None:
+    self.channel.close()
+
+  def _spec(self, spec, signature_name: str = "") -> None:
+    spec.name = self.model_name
+    if self.version is not None:
+      spec.version.value = self.version
+    if signature_name:
+      spec.signature_name = signature_name
+
+  # -- status / metadata ---------------------------------------------------------------
+  def status(self) -> list[tuple[int, str]]:
+    """[(version, state name)] from GetModelStatus, newest first."""
+    req = get_model_status_pb2.GetModelStatusRequest()
+    self._spec(req.model_spec)
+    resp = self.models.GetModelStatus(req, timeout=self.timeout_s)
+    state = get_model_status_pb2.ModelVersionStatus.State.Name
+    return [(s.version, state(s.state)) for s in resp.model_version_status]
+
+  def wait_until_available(self, timeout_s: float = 60.0) -> int:
+    """Blocks until a version is AVAILABLE; returns it (TimeoutError otherwise)."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+      try:
+        for version, state in self.status():
+          if state == "AVAILABLE":
+            return version
+        last = "no version AVAILABLE yet"
+      except grpc.RpcError as e:
+        last = f"{e.code().name}: {e.details()}"
+      time.sleep(0.2)
+    raise TimeoutError(f"model {self.model_name} at {self.target} not available after "
+                       f"{timeout_s:.0f} s ({last})")
+
+  def signatures(self) -> dict[str, Any]:
+    """{signature name: SignatureDef} from GetModelMetadata."""
+    req = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    self._spec(req.model_spec)
+    resp = self.predictions.GetModelMetadata(req, timeout=self.timeout_s)
+    smap = get_model_metadata_pb2.SignatureDefMap()
+    resp.metadata["signature_def"].Unpack(smap)
+    return dict(smap.signature_def)
+
+  def feature_types(self) -> dict[str, examples_lib.FeatureType]:
+    """Feature dtypes / list-ness from the ``predict_raw`` signature (cached)."""
+    if self._types is None:
+      sigs = self.signatures()
+      raw = sigs.get("predict_raw")
+      if raw is None:
+        raw = next((s for s in sigs.values()
+                    if not (len(s.inputs) == 1 and "examples" in s.inputs)), None)
+      self._types = examples_lib.feature_types(raw.inputs) if raw is not None else {}
+    return self._types
+
+  # -- scoring -------------------------------------------------------------------------
+  def predict(self, inputs: Mapping[str, np.ndarray], signature_name: str = "serving_default"
+              ) -> dict[str, np.ndarray]:
+    """Predict with arbitrary named input arrays; returns {output: array}."""
+    req = predict_pb2.PredictRequest()
+    self._spec(req.model_spec, signature_name)
+    for name, arr in inputs.items():
+      ndarray_to_tensor(np.asarray(arr) if not isinstance(arr, list) else _as_array(arr),
+                        req.inputs[name])
+    resp = self.predictions.Predict(req, timeout=self.timeout_s)
+    return {k: tensor_to_ndarray(k, v) for k, v in resp.outputs.items()}
+
+  def score_examples(self, examples: Sequence[ExampleLike]) -> dict[str, np.ndarray]:
+    """click_prob / pay_prob for tf.Examples (protos or serialized bytes)."""
+    data = [e if isinstance(e, bytes) else e.SerializeToString() for e in examples]
+    arr = np.empty(len(data), dtype=object)
+    arr[:] = data
+    return self.predict({"examples": arr})
+
+  def score_rows(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """click_prob / pay_prob for {feature: value} rows (typed via predict_raw metadata)."""
+    types = self.feature_types() or None
+    return self.score_examples([examples_lib.make_example(r, types, f"row {i}")
+                                for i, r in enumerate(rows)])
+
+  def score_features(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """click_prob / pay_prob from one array per feature (the ``predict_raw`` signature)."""
+    return self.predict(features, signature_name="predict_raw")
+
+
+def _as_array(values: list) -> np.ndarray:
+  if values and isinstance(values[0], (bytes, str)):
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = [v.encode() if isinstance(v, str) else v for v in values]
+    return arr
+  return np.asarray(values)
+
+
+# -- input files -------------------------------------------------------------------------
+def detect_format(path: str) -> str:
+  """tfrecord / csv / jsonl from the file name (``.gz`` TFRecords allowed)."""
+  name = path.lower().removesuffix(".gz")
+  if name.endswith(".csv") or name.endswith(".tsv"):
+    return "csv"
+  if name.endswith((".jsonl", ".json", ".ndjson")):
+    return "jsonl"
+  return "tfrecord"
+
+
+def read_records(path: str, fmt: str) -> Iterator[Union[bytes, dict]]:
+  """Yields serialized tf.Examples (tfrecord) or {column: value} rows (csv, jsonl)."""
+  if not os.path.isfile(path):
+    raise DataError(f"--input {path}: file not found")
+  if fmt == "tfrecord":
+    import tensorflow as tf
+    comp = "GZIP" if path.endswith(".gz") else ""
+    try:
+      for rec in tf.data.TFRecordDataset(path, compression_type=comp).as_numpy_iterator():
+        yield bytes(rec)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+      raise DataError(f"{path}: not a readable TFRecord file "
+                      f"({e.message.splitlines()[0]})") from None
+    return
+  if fmt == "csv":
+    with open(path, newline="") as f:
+      dialect = "excel-tab" if path.lower().removesuffix(".gz").endswith(".tsv") else "excel"
+      reader = csv.DictReader(f, dialect=dialect)
+      if not reader.fieldnames:
+        raise DataError(f"{path}: CSV needs a header row naming the features")
+      for row in reader:
+        yield {k: v for k, v in row.items() if k is not None and v is not None}
+    return
+  with open(path) as f:
+    for i, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except ValueError as e:
+        raise DataError(f"{path}:{i}: not valid JSON ({e})") from None
+      if not isinstance(row, dict):
+        raise DataError(f"{path}:{i}: each line must be a JSON object of features")
+      yield row
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+  batch = []
+  for item in items:
+    batch.append(item)
+    if len(batch) == size:
+      yield batch
+      batch = []
+  if batch:
+    yield batch
+
+
+def main(argv: list[str], prog: str = "ssr_tf score") -> int:
+  """Entry point of `ssr_tf score`: prints click_prob and pay_prob per input record."""
+  p = argparse.ArgumentParser(prog=prog, description="Score a file through a running server "
+                              "(TF Serving or `ssr_tf serve`).")
+  p.add_argument("--server", required=True, help="HOST:PORT of the gRPC server")
+  p.add_argument("--input", required=True, help="TFRecord of tf.Examples, CSV (header row) "
+                 "or JSON lines")
+  p.add_argument("--format", choices=["auto", "tfrecord", "csv", "jsonl"], default="auto")
+  p.add_argument("--model_name", default="ssr")
+  p.add_argument("--version", type=int, default=None, help="default: the latest served")
+  p.add_argument("--batch_size", type=int, default=256, help="records per request")
+  p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+  p.add_argument("--output", default="-", help="file to write (default: stdout)")
+  p.add_argument("--json", action="store_true", help="print JSON lines instead of TSV")
+  args = p.parse_args(argv)
+  if args.batch_size < 1:
+    p.error("--batch_size must be >= 1")
+  fmt = detect_format(args.input) if args.format == "auto" else args.format
+  out = sys.stdout if args.output == "-" else open(args.output, "w")
+  n = 0
+  try:
+    with RankingClient(args.server, args.model_name, args.version, args.timeout) as client:
+      types = client.feature_types() if fmt != "tfrecord" else None
+      if not args.json:
+        out.write("click_prob\tpay_prob\n")
+      for batch in _batches(read_records(args.input, fmt), args.batch_size):
+        if fmt == "tfrecord":
+          exs = batch
+        else:
+          exs = [examples_lib.make_example(r, types or None, f"{args.input} record {n + i + 1}")
+                 for i, r in enumerate(batch)]
+        scores = client.score_examples(exs)
+        click, pay = scores["click_prob"], scores.get("pay_prob")
+        for i in range(len(exs)):
+          pv = float(pay[i]) if pay is not None else float("nan")
+          if args.json:
+            out.write(json.dumps({"click_prob": float(click[i]), "pay_prob": pv}) + "\n")
+          else:
+            out.write(f"{float(click[i]):.6f}\t{pv:.6f}\n")
+        n += len(exs)
+  except grpc.RpcError as e:
+    raise UserError(f"server {args.server}: {e.code().name}: {e.details()}") from None
+  finally:
+    if out is not sys.stdout:
+      out.close()
+  print(f"scored {n} records from {args.input} ({fmt})", file=sys.stderr)
+  return 0
