@@ -1,0 +1,16 @@
+"""Raw click logs -> sharded tf.Example TFRecords + feature spec (`ssr_tf data convert`).
+
+Modules:
+  schema:     input formats (Criteo, Avazu, Taobao, generic CSV + YAML mapping) and the
+              compiled row parser.
+  transforms: the preprocessing rules shared by both runners: split assignment, signed
+              log1p + quantile boundaries, vocabularies with min_count, tf.Example encoding,
+              mergeable statistics.
+  local:      the streaming single-process runner (one read of the input; two when a
+              time split must first find its thresholds).
+  outputs:    spec.yaml, vocab/, stats.json and a ready-to-train config.yaml.
+  beam_pipeline: the same transforms on Apache Beam (optional extra `ssr_tf[beam]`).
+  convert, bench: the `ssr_tf data convert` and `ssr_tf bench convert` commands.
+
+See docs/data.md.
+"""

@@ -1,0 +1,185 @@
+"""`ssr_tf data convert`: raw Criteo / Avazu / Taobao / CSV logs -> TFRecords + spec.
+
+Example (Criteo's train.txt as released)::
+
+  ssr_tf data convert --format criteo --input train.txt --output data/criteo
+  ssr_tf train --config data/criteo/config.yaml
+
+See docs/data.md for every flag, the preprocessing rules and the Beam runner.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+from typing import Optional
+
+import yaml
+
+from ssr_tf.errors import ConfigError
+from ssr_tf.pipelines import schema as schema_lib
+from ssr_tf.pipelines import sources, transforms
+
+RUNNERS = ("local", "DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog=prog, description="Convert raw click logs into sharded tf.Example TFRecords, "
+      "vocabularies, a feature spec, stats and a ready-to-train config.",
+      epilog="Arguments after the known ones go to Beam's PipelineOptions "
+      "(e.g. --project, --region, --temp_location for DataflowRunner).")
+  p.add_argument("--format", required=True, help="criteo | avazu | taobao | csv")
+  p.add_argument("--input", nargs="+", default=[], metavar="PATH",
+                 help="input files, split by --split (plain or .gz)")
+  p.add_argument("--train_input", nargs="+", default=[], metavar="PATH",
+                 help="pre-split training files (instead of --input)")
+  p.add_argument("--valid_input", nargs="+", default=[], metavar="PATH",
+                 help="pre-split validation files (default: drawn from --train_input rows)")
+  p.add_argument("--test_input", nargs="+", default=[], metavar="PATH",
+                 help="pre-split test files")
+  p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+  p.add_argument("--mapping", default=None, metavar="MAP.yaml",
+                 help="--format csv: columns -> feature types, labels, group id")
+  p.add_argument("--split", default="random", help="random (default) | time")
+  p.add_argument("--ratios", default="8,1,1", help="train,valid,test weights (8,1,1)")
+  p.add_argument("--seed", type=int, default=42, help="seed of the random split")
+  p.add_argument("--valid_from", default=None,
+                 help="--split time: first time value of valid (default: by --ratios)")
+  p.add_argument("--test_from", default=None, help="--split time: first time value of test")
+  p.add_argument("--min_count", type=int, default=5,
+                 help="values seen <= min_count times in train map to OOV (5)")
+  p.add_argument("--num_buckets", type=int, default=64,
+                 help="quantile buckets per numeric feature, at most (64)")
+  p.add_argument("--max_len", type=int, default=50,
+                 help="values kept per multi-valued field (50)")
+  p.add_argument("--shard_size", type=int, default=200_000, help="records per shard")
+  p.add_argument("--compression", default="gzip", help="gzip (default) | none")
+  p.add_argument("--skip_bad_rows", type=int, default=0, metavar="N",
+                 help="skip and report up to N bad rows instead of failing (0)")
+  p.add_argument("--overwrite", action="store_true", help="replace an earlier conversion")
+  p.add_argument("--runner", default="local",
+                 help="local (default) | DirectRunner | DataflowRunner | FlinkRunner | "
+                 "SparkRunner (Apache Beam; pip install ssr_tf[beam])")
+  p.add_argument("--chunk_mb", type=float, default=64.0,
+                 help="Beam: input bytes per parallel chunk (64)")
+  p.add_argument("--batch_size", type=int, default=1024, help="config.yaml data.batch_size")
+  p.add_argument("--epochs", type=int, default=1, help="config.yaml train.epochs")
+  p.add_argument("--progress_every", type=float, default=5.0, help="seconds between "
+                 "progress lines on stderr")
+  p.add_argument("--quiet", action="store_true", help="no progress lines")
+  return p
+
+
+def _ratios(text: str) -> tuple:
+  try:
+    vals = tuple(float(x) if "." in x else int(x) for x in text.split(","))
+  except ValueError:
+    raise ConfigError(f"--ratios: expected three numbers like 8,1,1, got {text!r}") from None
+  if len(vals) != 3:
+    raise ConfigError(f"--ratios: expected three numbers like 8,1,1, got {text!r}")
+  return vals
+
+
+def _check(args: argparse.Namespace) -> None:
+  for name in ("min_count", "skip_bad_rows"):
+    if getattr(args, name) < 0:
+      raise ConfigError(f"--{name}: must be >= 0")
+  for name in ("num_buckets", "max_len", "shard_size", "batch_size", "epochs"):
+    if getattr(args, name) <= 0:
+      raise ConfigError(f"--{name}: must be > 0")
+  if args.num_buckets < 2:
+    raise ConfigError("--num_buckets: must be >= 2")
+  if args.compression.lower() not in ("gzip", "none", ""):
+    raise ConfigError(f"--compression: {args.compression!r} is not gzip or none")
+  if args.split not in ("random", "time"):
+    raise ConfigError(f"--split: {args.split!r} is not random or time")
+  if args.runner not in RUNNERS:
+    raise ConfigError(f"--runner: {args.runner!r} is not one of {', '.join(RUNNERS)}")
+  presplit = args.train_input or args.valid_input or args.test_input
+  if args.input and presplit:
+    raise ConfigError("give either --input (split by --split) or --train_input/"
+                      "--valid_input/--test_input (pre-split), not both")
+  if not args.input and not presplit:
+    raise ConfigError("no input: give --input PATH... or --train_input PATH...")
+  if presplit and not args.train_input:
+    raise ConfigError("--valid_input/--test_input need --train_input")
+  if (args.valid_from is None) != (args.test_from is None):
+    raise ConfigError("--valid_from and --test_from go together")
+  if args.valid_from is not None and args.split != "time":
+    raise ConfigError("--valid_from/--test_from need --split time")
+  if args.chunk_mb <= 0:
+    raise ConfigError("--chunk_mb: must be > 0")
+
+
+def plan_from_args(args: argparse.Namespace) -> sources.Plan:
+  """Validates the flags and reads the input headers into a Plan."""
+  _check(args)
+  mapping_raw = None
+  if args.mapping:
+    path = pathlib.Path(args.mapping)
+    if not path.is_file():
+      raise ConfigError(f"--mapping: file not found: {args.mapping}")
+    try:
+      mapping_raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+      raise ConfigError(f"--mapping {args.mapping}: not valid YAML ({e})") from None
+  mapping = schema_lib.load_mapping(args.format, mapping_raw, where=args.mapping or "")
+  ratios = _ratios(args.ratios)
+  presplit = None
+  if args.train_input:
+    presplit = [args.train_input, args.valid_input, args.test_input]
+    if args.split == "time":
+      raise ConfigError("--split time applies to --input, not to pre-split files")
+    rule = transforms.SplitRule("files", ratios, args.seed,
+                                carve_valid=not args.valid_input)
+  elif args.split == "time":
+    rule = transforms.SplitRule(
+        "time", ratios, args.seed,
+        valid_from=None if args.valid_from is None else schema_lib.time_key(args.valid_from),
+        test_from=None if args.test_from is None else schema_lib.time_key(args.test_from))
+  else:
+    rule = transforms.SplitRule("random", ratios, args.seed)
+  options = sources.Options(
+      min_count=args.min_count, num_buckets=args.num_buckets, max_len=args.max_len,
+      shard_size=args.shard_size,
+      compression="GZIP" if args.compression.lower() == "gzip" else "",
+      skip_bad_rows=args.skip_bad_rows, batch_size=args.batch_size, epochs=args.epochs)
+  return sources.make_plan(args.format, mapping, args.input, presplit, rule, options)
+
+
+def convert(argv: list[str], prog: str = "ssr_tf data convert") -> dict:
+  """Runs a conversion from command-line arguments; returns a summary dict."""
+  parser = build_parser(prog)
+  args, extra = parser.parse_known_args(argv)
+  if extra and args.runner == "local":
+    raise ConfigError(f"unknown arguments {extra} (Beam options need --runner)")
+  plan = plan_from_args(args)
+  start = time.time()
+  if args.runner == "local":
+    from ssr_tf.pipelines import local  # pylint: disable=import-outside-toplevel
+    stats = local.run(plan, args.output, overwrite=args.overwrite, progress=not args.quiet,
+                      progress_every=args.progress_every)
+  else:
+    from ssr_tf.pipelines import beam_pipeline  # pylint: disable=import-outside-toplevel
+    stats = beam_pipeline.run(plan, args.output, runner=args.runner, beam_args=extra,
+                              overwrite=args.overwrite,
+                              chunk_bytes=int(args.chunk_mb * (1 << 20)))
+  seconds = time.time() - start
+  rows = stats["rows_total"] + stats["skipped_rows"]
+  return {"output": args.output, "runner": args.runner, "rows": stats["rows"],
+          "positives": stats["positives"], "skipped_rows": stats["skipped_rows"],
+          "seconds": round(seconds, 2), "rows_per_s": round(rows / max(seconds, 1e-9), 1),
+          "config": str(pathlib.Path(args.output) / "config.yaml")}
+
+
+def main(argv: list[str], prog: str = "ssr_tf data convert") -> int:
+  summary = convert(argv, prog)
+  print(json.dumps(summary))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

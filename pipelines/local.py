@@ -1,0 +1,169 @@
+"""The streaming single-process runner.
+
+One read of the input (a second, cheap one over the time column first when ``--split
+time`` has to find its thresholds). Records do not depend on vocabularies (they keep raw
+values), so each row is written to its split's current shard as soon as it is parsed,
+while exact counts are kept in memory: value counts per feature and split (vocabularies
+and OOV rates) and numeric histograms on a fixed log grid. Memory is therefore bounded by
+the vocabularies, not by the number of rows.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+
+from ssr_tf.errors import DataError
+from ssr_tf.pipelines import outputs, sources, transforms
+from ssr_tf.pipelines.transforms import SPLITS
+
+
+class ShardWriter:
+  """Writes one split's records into part-00000, part-00001, ... of shard_size records."""
+
+  def __init__(self, out_dir: str, split: str, shard_size: int, compression: str):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    self._tf = tf
+    self.out_dir, self.split = out_dir, split
+    self.shard_size, self.compression = shard_size, compression
+    self.index, self.in_shard, self.rows = 0, 0, 0
+    tf.io.gfile.makedirs(os.path.join(out_dir, split))
+    self._w = self._open()
+
+  def _open(self):
+    path = os.path.join(self.out_dir, outputs.shard_name(self.split, self.index,
+                                                         self.compression))
+    return self._tf.io.TFRecordWriter(path, options=self.compression or None)
+
+  def write(self, record: bytes) -> None:
+    if self.in_shard == self.shard_size:
+      self._w.close()
+      self.index += 1
+      self.in_shard = 0
+      self._w = self._open()
+    self._w.write(record)
+    self.in_shard += 1
+    self.rows += 1
+
+  def close(self) -> None:
+    self._w.close()
+
+
+class Progress:
+  """Prints `rows, rows/s, % of input bytes` to stderr every `every` seconds."""
+
+  def __init__(self, total_bytes: int, every: float = 5.0, enabled: bool = True,
+               label: str = "convert"):
+    self.total, self.every, self.enabled, self.label = total_bytes, every, enabled, label
+    self.start = self.last = time.time()
+
+  def update(self, rows: int, done_bytes: int, bad: int, final: bool = False) -> None:
+    now = time.time()
+    if not self.enabled or (not final and now - self.last < self.every):
+      return
+    self.last = now
+    rate = rows / max(now - self.start, 1e-9)
+    pct = f"{min(100.0, 100.0 * done_bytes / self.total):5.1f}% " if self.total else ""
+    tty = sys.stderr.isatty()
+    head = "\r" if tty else ""
+    print(f"{head}{self.label}: {pct}{rows:,} rows  {rate:,.0f} rows/s  "
+          f"{now - self.start:,.0f}s  skipped {bad}", end="\n" if final or not tty else "",
+          file=sys.stderr, flush=True)
+
+
+def find_time_thresholds(plan: sources.Plan) -> None:
+  """Pre-pass of --split time without --valid_from/--test_from: thresholds at the
+  ratios' quantiles of the time column."""
+  hist: dict = {}
+  for fi, f in enumerate(plan.files):
+    for k, n in sources.time_histogram(
+        plan, fi, sources.read_chunk(plan, fi, f.data_offset, -1, f.first_line)).items():
+      hist[k] = hist.get(k, 0) + n
+  plan.split.valid_from, plan.split.test_from = transforms.time_thresholds(
+      hist, plan.split.ratios)
+
+
+def prepare_output(out_dir: str, overwrite: bool) -> str:
+  """Checks the output folder and returns a fresh temporary folder inside it."""
+  names = ["train", "valid", "test", "vocab", "spec.yaml", "stats.json", "config.yaml"]
+  present = [n for n in names if os.path.exists(os.path.join(out_dir, n))]
+  if present and not overwrite:
+    raise DataError(f"{out_dir}: already holds {present}; pass --overwrite to replace them")
+  tmp = os.path.join(out_dir, ".convert-tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  return tmp
+
+
+def commit_output(tmp: str, out_dir: str) -> None:
+  """Moves the finished outputs from the temporary folder into place."""
+  for name in sorted(os.listdir(tmp)):
+    dst = os.path.join(out_dir, name)
+    if os.path.isdir(dst):
+      shutil.rmtree(dst)
+    elif os.path.exists(dst):
+      os.remove(dst)
+    os.replace(os.path.join(tmp, name), dst)
+  os.rmdir(tmp)
+
+
+def run(plan: sources.Plan, out_dir: str, overwrite: bool = False, progress: bool = True,
+        progress_every: float = 5.0) -> dict:
+  """Converts `plan`'s inputs into `out_dir`; returns the stats (also in stats.json)."""
+  if plan.split.kind == "time" and plan.split.valid_from is None:
+    find_time_thresholds(plan)
+  tmp = prepare_output(out_dir, overwrite)
+  try:
+    stats = _convert(plan, tmp, out_dir, progress, progress_every)
+    commit_output(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return stats
+
+
+def _convert(plan: sources.Plan, out_dir: str, final_dir: str, progress: bool,
+             every: float) -> dict:
+  o = plan.options
+  writers = [ShardWriter(out_dir, s, o.shard_size, o.compression) for s in SPLITS]
+  acc = transforms.Accumulator(plan.schema)
+  encoder = transforms.ExampleEncoder(plan.schema.fields)
+  bad: list[str] = []
+  bar = Progress(sum(f.size for f in plan.files), every, progress)
+  done_bytes = [0]
+
+  def on_bad(fi: int, line: int, why: str) -> None:
+    path = plan.files[fi].path
+    if acc.bad >= o.skip_bad_rows:
+      raise DataError(sources.bad_row_message(path, line, why, o.skip_bad_rows))
+    bad.append(f"{path}:{line}: {why}")
+
+  def emit(s: int, record: bytes) -> None:
+    writers[s].write(record)
+
+  row = 0
+  try:
+    for fi, f in enumerate(plan.files):
+      base = done_bytes[0]
+
+      def lines(fi=fi, f=f, base=base):
+        for k, item in enumerate(sources.read_chunk(plan, fi, f.data_offset, -1,
+                                                    f.first_line)):
+          if k & 4095 == 0:
+            done_bytes[0] = base + item[2]
+            bar.update(sum(acc.rows) + acc.bad, done_bytes[0], acc.bad)
+          yield item
+      row = sources.process(plan, fi, lines(), row, acc, encoder, emit, on_bad)
+      done_bytes[0] = base + f.size
+  finally:
+    for w in writers:
+      w.close()
+  if row == 0:
+    raise DataError(f"{plan.files[0].path}: no data rows in the input files")
+  if acc.rows[0] == 0:
+    raise DataError("the training split is empty (check --ratios / --split / the inputs); "
+                    "vocabularies and boundaries come from it")
+  bar.update(sum(acc.rows) + acc.bad, done_bytes[0], acc.bad, final=True)
+  summaries = outputs.summarize_local(plan, acc, out_dir)
+  return outputs.write_metadata(plan, out_dir, acc, summaries, bad, final_dir)

@@ -1,0 +1,248 @@
+"""Input files, the conversion plan, and the row loop both runners share.
+
+Rows are numbered globally over the input files in the order given (train files, then
+valid, then test files for pre-split inputs); blank lines are skipped and get no number,
+bad rows keep theirs. Lines split on ``\\n`` only (a trailing ``\\r`` is dropped), so a
+byte range of a file (a Beam chunk) yields exactly the lines the local reader sees.
+Quoted fields may contain the delimiter but not a newline.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+from typing import Any, Callable, Iterator, Optional
+
+from ssr_tf.errors import ConfigError, DataError
+from ssr_tf.pipelines import schema as schema_lib
+from ssr_tf.pipelines import transforms
+
+BadRowFn = Callable[[int, int, str], None]   # (file index, line number, reason)
+
+
+@dataclasses.dataclass
+class InputFile:
+  """One input file and its layout.
+
+  Attributes:
+    path: file path (``.gz`` files are read through gzip and never split into chunks).
+    source: -1 when the split rule decides, else 0/1/2 for a train/valid/test input file.
+    delimiter: field separator.
+    names: column names.
+    data_offset: byte offset of the first data line (after the header).
+    first_line: 1-based line number at data_offset.
+    size: file size in bytes.
+  """
+  path: str
+  source: int
+  delimiter: str
+  names: list[str]
+  data_offset: int
+  first_line: int
+  size: int
+
+  @property
+  def compressed(self) -> bool:
+    return self.path.endswith(".gz")
+
+
+@dataclasses.dataclass
+class Options:
+  """Conversion settings (the CLI flags).
+
+  Attributes:
+    min_count: values seen <= min_count times in the training split map to OOV.
+    num_buckets: quantile buckets of a numeric feature (at most; ties merge buckets).
+    max_len: values kept per multi-valued field (the first ones).
+    shard_size: records per output shard.
+    compression: "GZIP" or "" for the output shards.
+    skip_bad_rows: bad rows to skip (and report) before failing.
+    batch_size: data.batch_size of the written config.yaml.
+    epochs: train.epochs of the written config.yaml.
+  """
+  min_count: int = 5
+  num_buckets: int = 64
+  max_len: int = 50
+  shard_size: int = 200_000
+  compression: str = "GZIP"
+  skip_bad_rows: int = 0
+  batch_size: int = 1024
+  epochs: int = 1
+
+
+@dataclasses.dataclass
+class Plan:
+  """Everything a runner needs: format, files, schema, split rule and options."""
+  fmt: str
+  mapping: schema_lib.Mapping
+  files: list[InputFile]
+  schema: schema_lib.Schema
+  split: transforms.SplitRule
+  options: Options
+
+  def parser(self, file_index: int) -> schema_lib.RowParser:
+    f = self.files[file_index]
+    sch = schema_lib.resolve(self.mapping, f.names, self.options.max_len, f.path)
+    return schema_lib.RowParser(sch, f.names, f.delimiter, self.mapping.strip)
+
+
+def open_binary(path: str):
+  return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _first_line(path: str) -> tuple[Optional[str], int]:
+  """The first non-empty line of a file and the byte offset after it."""
+  with open_binary(path) as fh:
+    raw = fh.readline()
+    if not raw.strip():
+      return None, 0
+    try:
+      text = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+      raise DataError(f"{path}:1: not UTF-8 text") from None
+    return text, len(raw)
+
+
+def describe_file(m: schema_lib.Mapping, path: str, source: int) -> InputFile:
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: input file not found")
+  first, after = _first_line(path)
+  if first is None:
+    raise DataError(f"{path}: empty file (or empty first line)")
+  delim, header, names = schema_lib.detect_layout(m, first, path)
+  return InputFile(path, source, delim, names, after if header else 0, 2 if header else 1,
+                   os.path.getsize(path))
+
+
+def make_plan(fmt: str, mapping: schema_lib.Mapping, inputs: list[str],
+              presplit: Optional[list[list[str]]], split: transforms.SplitRule,
+              options: Options) -> Plan:
+  """Reads every file's header, resolves the schema and checks all files agree."""
+  files: list[InputFile] = []
+  if presplit is not None:
+    for s, paths in enumerate(presplit):
+      files += [describe_file(mapping, p, s) for p in paths]
+  else:
+    files = [describe_file(mapping, p, -1) for p in inputs]
+  if not files:
+    raise ConfigError("no input files: give --input or --train_input/--test_input")
+  schemas = [schema_lib.resolve(mapping, f.names, options.max_len, f.path) for f in files]
+  for f, s in zip(files[1:], schemas[1:]):
+    if s.signature() != schemas[0].signature():
+      raise DataError(f"{f.path}: its columns give different features than "
+                      f"{files[0].path} ({[x[0] for x in s.signature()]} vs "
+                      f"{[x[0] for x in schemas[0].signature()]})")
+  if split.kind == "time" and not mapping.time_column:
+    raise ConfigError(f"--split time: format {fmt} has no time column (set time_column "
+                      "in the mapping)")
+  return Plan(fmt, mapping, files, schemas[0], split, options)
+
+
+def iter_lines(fh, start: int, end: Optional[int], first_line: int
+               ) -> Iterator[tuple[int, Optional[str], int]]:
+  """(line number, text or None if not UTF-8, bytes consumed) of the non-blank lines in
+  [start, end) of binary file `fh` (already positioned at start)."""
+  pos, line_no = start, first_line
+  for raw in fh:
+    pos += len(raw)
+    if raw.strip():
+      try:
+        text = raw.decode("utf-8").rstrip("\r\n")
+      except UnicodeDecodeError:
+        text = None
+      yield line_no, text, pos
+    line_no += 1
+    if end is not None and pos >= end:
+      return
+
+
+def process(plan: Plan, file_index: int, lines, first_row: int, acc: transforms.Accumulator,
+            encoder: transforms.ExampleEncoder, emit: Callable[[int, bytes], None],
+            on_bad: BadRowFn, parser: Optional[schema_lib.RowParser] = None) -> int:
+  """Parses, splits, counts and encodes the rows of `lines` (from iter_lines); returns the
+  next global row index. Bad rows go to `on_bad` and keep their row index."""
+  f = plan.files[file_index]
+  parser = parser or plan.parser(file_index)
+  split = plan.split
+  source = f.source
+  timed = split.kind == "time"
+  ti = parser.time_index
+  row = first_row
+  for line_no, text, _ in lines:
+    try:
+      if text is None:
+        raise schema_lib.RowError("not UTF-8 text")
+      r = parser.split(text)
+      values = parser.parse_fields(r)
+      s = split.assign(row, source, schema_lib.time_key(r[ti]) if timed else None)
+    except ValueError as e:         # RowError is a ValueError
+      on_bad(file_index, line_no, str(e))
+      acc.bad += 1
+      row += 1
+      continue
+    acc.add(s, values)
+    emit(s, encoder.encode(values))
+    row += 1
+  return row
+
+
+def bad_row_message(path: str, line: int, why: str, budget: int) -> str:
+  if budget:
+    return (f"{path}:{line}: {why} (more than --skip_bad_rows {budget} bad rows)")
+  return f"{path}:{line}: {why} (pass --skip_bad_rows N to skip up to N bad rows)"
+
+
+def time_histogram(plan: Plan, file_index: int, lines) -> dict[Any, int]:
+  """Counts of the time column's values in `lines` (the --split time pre-pass)."""
+  parser = plan.parser(file_index)
+  hist: dict[Any, int] = {}
+  for _, text, _ in lines:
+    if text is None:
+      continue
+    r = parser.split(text)
+    if len(r) != parser.ncols or r[parser.time_index] == "":
+      continue
+    k = schema_lib.time_key(r[parser.time_index])
+    hist[k] = hist.get(k, 0) + 1
+  return hist
+
+
+def chunks(plan: Plan, chunk_bytes: int) -> list[tuple[int, int, int, int]]:
+  """(chunk id, file index, start, end) byte ranges aligned to line starts; gzip files
+  are one chunk each."""
+  out = []
+  for fi, f in enumerate(plan.files):
+    if f.compressed:
+      out.append((len(out), fi, f.data_offset, -1))
+      continue
+    starts = [f.data_offset]
+    with open(f.path, "rb") as fh:
+      b = f.data_offset + chunk_bytes
+      while b < f.size:
+        fh.seek(b - 1)
+        fh.readline()               # to the start of the next line
+        pos = fh.tell()
+        if pos >= f.size:
+          break
+        if pos > starts[-1]:
+          starts.append(pos)
+        b = pos + chunk_bytes
+    ends = starts[1:] + [f.size]
+    for s, e in zip(starts, ends):
+      out.append((len(out), fi, s, e))
+  return out
+
+
+def read_chunk(plan: Plan, file_index: int, start: int, end: int, first_line: int):
+  """iter_lines over one chunk (end -1: to the end of a gzip file)."""
+  f = plan.files[file_index]
+  fh = open_binary(f.path)
+  try:
+    if f.compressed:
+      if f.data_offset:
+        fh.readline()
+    else:
+      fh.seek(start)
+    yield from iter_lines(fh, start, None if end < 0 else end, first_line)
+  finally:
+    fh.close()
