@@ -139,7 +139,8 @@ def plan_from_args(args: argparse.Namespace) -> sources.Plan:
     rule = transforms.SplitRule(
         "time", ratios, args.seed,
         valid_from=None if args.valid_from is None else schema_lib.time_key(args.valid_from),
-        test_from=None if args.test_from is None else schema_lib.time_key(args.test_from))
+        test_from=None if args.test_from is None else schema_lib.time_key(args.test_from),
+        auto_time=args.valid_from is None)
   else:
     rule = transforms.SplitRule("random", ratios, args.seed)
   options = sources.Options(

@@ -82,6 +82,7 @@ def find_time_thresholds(plan: sources.Plan) -> None:
       hist[k] = hist.get(k, 0) + n
   plan.split.valid_from, plan.split.test_from = transforms.time_thresholds(
       hist, plan.split.ratios)
+  plan.split.auto_time = False
 
 
 def prepare_output(out_dir: str, overwrite: bool) -> str:
@@ -111,7 +112,7 @@ def commit_output(tmp: str, out_dir: str) -> None:
 def run(plan: sources.Plan, out_dir: str, overwrite: bool = False, progress: bool = True,
         progress_every: float = 5.0) -> dict:
   """Converts `plan`'s inputs into `out_dir`; returns the stats (also in stats.json)."""
-  if plan.split.kind == "time" and plan.split.valid_from is None:
+  if plan.split.auto_time:
     find_time_thresholds(plan)
   tmp = prepare_output(out_dir, overwrite)
   try:

@@ -48,8 +48,9 @@ class SplitRule:
       files (by the input flag a file came from).
     ratios: train:valid:test weights of the random split.
     seed: seed of the random split.
-    valid_from: time split: first time value of the validation split.
-    test_from: time split: first time value of the test split.
+    valid_from: time split: first time value of the validation split (None: never).
+    test_from: time split: first time value of the test split (None: never).
+    auto_time: time split: thresholds still to be found from the data (a pre-pass).
     carve_valid: files split without validation files: valid is drawn from the training
       files' rows with probability valid / (train + valid) of `ratios`.
   """
@@ -59,6 +60,7 @@ class SplitRule:
   valid_from: Any = None
   test_from: Any = None
   carve_valid: bool = False
+  auto_time: bool = False
 
   def __post_init__(self):
     if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or sum(self.ratios) <= 0:
@@ -81,9 +83,9 @@ class SplitRule:
       if time_value == "" or time_value is None:
         raise ValueError("missing time value")
       try:
-        if time_value < self.valid_from:
+        if self.valid_from is None or time_value < self.valid_from:
           return 0
-        return 1 if time_value < self.test_from else 2
+        return 1 if self.test_from is None or time_value < self.test_from else 2
       except TypeError:
         raise ValueError(f"time value {time_value!r} cannot be compared with the split "
                          f"thresholds {self.valid_from!r}, {self.test_from!r}") from None
@@ -101,26 +103,26 @@ class SplitRule:
 
 
 def time_thresholds(hist: dict, ratios: Sequence[float]) -> tuple[Any, Any]:
-  """valid_from / test_from so that about ratios' shares of rows fall before, between and
-  after them; rows with equal time values always share a split."""
+  """valid_from / test_from from a histogram of time values: for each cut (train share,
+  train + valid share of `ratios`) the time value whose "rows before it" is closest to the
+  cut (ties: the later one); None (= never) when all rows are closer. Rows with equal time
+  values always share a split."""
   keys = sorted(hist)
   if not keys:
     raise ConfigError("--split time: no time values found")
   total = sum(hist.values())
-  cuts, acc, out = [ratios[0] / sum(ratios), (ratios[0] + ratios[1]) / sum(ratios)], 0, []
-  for cut in cuts:
-    acc, chosen = 0, None
-    for k in keys:
-      if acc >= cut * total:
-        chosen = k
-        break
-      acc += hist[k]
-    out.append(chosen if chosen is not None else _after(keys[-1]))
+  before, acc = [], 0
+  for k in keys:
+    before.append((acc, k))
+    acc += hist[k]
+  before.append((total, None))
+  out = []
+  for cut in (ratios[0] / sum(ratios), (ratios[0] + ratios[1]) / sum(ratios)):
+    best = min(before, key=lambda bk: (abs(bk[0] - cut * total), -bk[0]))
+    out.append(best[1])
+  if out[0] is None:
+    out[1] = None
   return out[0], out[1]
-
-
-def _after(k: Any) -> Any:
-  return k + 1 if isinstance(k, float) else k + "\uffff"
 
 
 # ---------------------------------------------------------------------------------------
