@@ -400,8 +400,10 @@ def _is_training(training) -> bool:
 class MemoryGate(tf.keras.layers.Layer):
   """Merges a memory read m into a representation h, ``([batch, H], [batch, M]) -> [batch, H]``.
 
-  sigmoid: h' = h * scale * sigmoid(m W + b)  (scale 2 and W ~ 0 start near identity);
+  sigmoid: h' = h * scale * sigmoid(m W + b)  (scale 2 with W = b = 0 is the identity);
   add:     h' = h + m W + b.
+  W starts at zero by default, so the gate starts as the identity and the memory's
+  contribution grows from there (W's gradient h * dL/dh' * m is non-zero at once).
 
   Example:
     >>> h2 = MemoryGate("sigmoid")([tf.ones([4, 32]), tf.ones([4, 16])])   # [4, 32]
@@ -409,11 +411,11 @@ class MemoryGate(tf.keras.layers.Layer):
   Args:
     gate: "sigmoid" (multiplicative, element-wise gate) or "add" (projected residual).
     scale: multiplier of the sigmoid gate.
-    kernel_initializer: initializer of W ([M, H]).
+    kernel_initializer: initializer of W ([M, H]); default zeros (identity at start).
   """
 
   def __init__(self, gate: str = "sigmoid", scale: float = 2.0,
-               kernel_initializer="glorot_uniform", **kwargs):
+               kernel_initializer="zeros", **kwargs):
     super().__init__(**kwargs)
     if gate not in GATES:
       raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
