@@ -2,7 +2,7 @@
 
 For each batch B (V=8, D=128, T=5 by default) it times (best of >= 5 runs, median alongside) ICS forward, ICS forward+backward and a
 full SSR-D layer train step (SSRLayer, d_in=256, d_v=64, E=128) for impl fused / tf / XLA
-(tf under jit_compile). Effective GB/s = tensor bytes that must move / median time:
+(tf under jit_compile), plus fwd+bwd of the SSR-D filter alone (x @ W then ICS). Effective GB/s = tensor bytes that must move / median time:
 forward reads z and writes y (2 * B*V*D*4 bytes); backward also reads z, dy and writes dz
 (+3). `memcpy_gbps` copies the same number of bytes (half read, half written) with numpy in
 the same run (best of 1 and 2 threads); `vs_memcpy` = effective GB/s / memcpy GB/s.
@@ -92,6 +92,35 @@ def _ics_fns(views: int, dim: int, iters: int, batch: int, seed: int):
   return fwd, fwdbwd
 
 
+def _dynamic_view_fns(batch: int, d_in: int, views: int, dim: int, iters: int, seed: int):
+  """fwd+bwd of the SSR-D filter: MatMul + fused ICS (default), the one-op SsrDynamicView,
+  composed TF, XLA."""
+  rng = np.random.default_rng(seed)
+  x = tf.constant(rng.standard_normal((batch, d_in), dtype=np.float32))
+  w = tf.constant((rng.standard_normal((d_in, views, dim)) / np.sqrt(d_in)).astype(np.float32))
+  alpha = tf.fill([views, iters], 0.1)
+  gamma = tf.ones([views, dim])
+  dy = tf.constant(rng.standard_normal((batch, views, dim), dtype=np.float32))
+
+  def composed(x, w, a, g):
+    z = tf.reshape(tf.matmul(x, tf.reshape(w, [d_in, views * dim])), [-1, views, dim])
+    return ics_tf(z, a, g)
+
+  impls = {"fused": ops.dynamic_view,
+           "fused_single_op": lambda *a: ops.dynamic_view(*a, single_op=True),
+           "tf": composed, "xla": composed}
+  fns = {}
+  for name, f in impls.items():
+    def both(x, w, a, g, dy, f=f):
+      with tf.GradientTape() as tape:
+        tape.watch([x, w, a, g])
+        y = f(x, w, a, g)
+      return tape.gradient(y, [x, w, a, g], output_gradients=dy)
+    fb = tf.function(both, jit_compile=name == "xla")
+    fns[name] = lambda fb=fb: [t.numpy() for t in fb(x, w, alpha, gamma, dy)]
+  return fns
+
+
 def _ssr_step_fns(batch: int, d_in: int, views: int, view_dim: int, expanded: int, iters: int,
                   seed: int) -> dict[str, Callable[[], object]] | str:
   try:
@@ -150,6 +179,12 @@ def run(batches: list[int], views: int, dim: int, iters: int, d_in: int, view_di
       entry["fused_speedup_vs_xla"] = round(entry["xla"]["ms"] / entry["fused"]["ms"], 2)
       row[label] = entry
     if ssr:
+      entry = {}
+      for name, fn in _dynamic_view_fns(b, d_in, views, dim, iters, seed).items():
+        ms, med = _time_ms(fn, min_time)
+        entry[name] = {"ms": round(ms, 3), "median_ms": round(med, 3)}
+      entry["fused_speedup_vs_tf"] = round(entry["tf"]["ms"] / entry["fused"]["ms"], 2)
+      row["dynamic_view_fwd_bwd"] = entry
       fns = _ssr_step_fns(b, d_in, views, view_dim, dim, iters, seed)
       if isinstance(fns, str):
         row["ssr_d_train_step"] = {"note": fns}

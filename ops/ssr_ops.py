@@ -72,18 +72,33 @@ def ics(z: tf.Tensor, alpha: tf.Tensor, gamma: tf.Tensor) -> tf.Tensor:
   return y
 
 
-def dynamic_view(x: tf.Tensor, proj_kernel: tf.Tensor, alpha: tf.Tensor,
-                 gamma: tf.Tensor) -> tf.Tensor:
-  """SSR-D filter: y = ICS(reshape(x @ reshape(W, [d_in, V*E]), [B, V, E])), one fused op.
+def dynamic_view(x: tf.Tensor, proj_kernel: tf.Tensor, alpha: tf.Tensor, gamma: tf.Tensor,
+                 single_op: bool = False) -> tf.Tensor:
+  """SSR-D filter: y = ICS(reshape(x @ reshape(W, [d_in, V*E]), [B, V, E])).
+
+  By default the projection is TF's MatMul (oneDNN sgemm on x86) followed by the fused
+  `SsrIcs` op: measured faster here than `single_op=True`, the one-op `SsrDynamicView`
+  (an Eigen GEMM per row block with the ICS epilogue applied while the block is in cache),
+  because TF's sgemm beats Eigen's by more than the saved pass over z (docs/ops.md).
 
   Args:
     x: [batch, d_in] float32.
     proj_kernel: [d_in, views, E] per-view projections W_i^proj side by side.
     alpha: [views, T]; gamma: [views, E].
+    single_op: use the one-op SsrDynamicView kernel.
   Returns:
     [batch, views, E], differentiable w.r.t. all four inputs.
   """
-  y, _, _ = _lib().ssr_dynamic_view(x=x, proj_kernel=proj_kernel, alpha=alpha, gamma=gamma)
+  lib = _lib()
+  if single_op:
+    y, _, _ = lib.ssr_dynamic_view(x=x, proj_kernel=proj_kernel, alpha=alpha, gamma=gamma)
+    return y
+  d_in, views, dim = tf.unstack(tf.shape(proj_kernel))
+  z = tf.matmul(x, tf.reshape(proj_kernel, [d_in, views * dim]))     # [batch, V*E]
+  z = tf.reshape(z, [-1, views, dim])                                 # [batch, V, E]
+  if proj_kernel.shape.rank == 3:
+    z = tf.ensure_shape(z, [None, proj_kernel.shape[1], proj_kernel.shape[2]])
+  y, _ = lib.ssr_ics(z=z, alpha=alpha, gamma=gamma)
   return y
 
 

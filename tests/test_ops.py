@@ -117,14 +117,16 @@ def _dynamic_ref(x, w, alpha, gamma):
   return ics_tf(z, alpha, gamma)
 
 
+@pytest.mark.parametrize("single_op", [False, True])
 @pytest.mark.parametrize("b,d_in,v,e,t", [(1, 5, 1, 7, 1), (9, 16, 3, 33, 2), (70, 24, 8, 20, 5),
                                           (300, 7, 2, 12, 5)])
-def test_dynamic_view_matches_matmul_then_ics(b, d_in, v, e, t):
+def test_dynamic_view_matches_matmul_then_ics(b, d_in, v, e, t, single_op):
   rng = np.random.default_rng(b + e)
   x = rng.standard_normal((b, d_in)).astype(np.float32)
   w = (rng.standard_normal((d_in, v, e)) / np.sqrt(d_in)).astype(np.float32)
   _, alpha, gamma, dy = _ics_inputs(b, v, e, t, seed=b)
-  y1, g1 = _value_and_grads(ops.dynamic_view, (x, w, alpha, gamma), dy)
+  fused = lambda *args: ops.dynamic_view(*args, single_op=single_op)
+  y1, g1 = _value_and_grads(fused, (x, w, alpha, gamma), dy)
   y2, g2 = _value_and_grads(_dynamic_ref, (x, w, alpha, gamma), dy)
   _rel_close(y1, y2)
   for name, a, r in zip(("dx", "dW", "dalpha", "dgamma"), g1, g2):
@@ -150,10 +152,11 @@ def test_shape_inference_and_bad_shapes():
   fn = tf.function(ops.ics, input_signature=[tf.TensorSpec([None, 3, 5]), tf.TensorSpec([3, 2]),
                                              tf.TensorSpec([3, 5])])
   assert fn.get_concrete_function().structured_outputs.shape.as_list() == [None, 3, 5]
-  dv = tf.function(ops.dynamic_view, input_signature=[
-      tf.TensorSpec([None, 4]), tf.TensorSpec([4, 3, 5]), tf.TensorSpec([3, 2]),
-      tf.TensorSpec([3, 5])])
-  assert dv.get_concrete_function().structured_outputs.shape.as_list() == [None, 3, 5]
+  for single_op in (False, True):
+    dv = tf.function(lambda *a, s=single_op: ops.dynamic_view(*a, single_op=s), input_signature=[
+        tf.TensorSpec([None, 4]), tf.TensorSpec([4, 3, 5]), tf.TensorSpec([3, 2]),
+        tf.TensorSpec([3, 5])])
+    assert dv.get_concrete_function().structured_outputs.shape.as_list() == [None, 3, 5]
   with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="gamma"):
     ops.ics(tf.zeros([2, 3, 5]), tf.zeros([3, 2]), tf.zeros([3, 4]))
   with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):

@@ -223,8 +223,10 @@ class SsrDynamicViewOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, out_shape, &z));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({rows, views, iters}), &mu));
     if (y->NumElements() == 0) return;
-    // Rows per block: the block's z slab is ~128 KiB so the epilogue reads it from L2.
-    const int64_t rb = std::clamp<int64_t>((32 << 10) / cols, 4, 256);
+    // Rows per block: Eigen packs all of W for every block, so blocks must be tall enough to
+    // amortise that (256 rows: packing is < 1/256 of the multiply-adds); the block's z slab
+    // (256 x V*E floats) is then read back by the epilogue from L2/L3.
+    const int64_t rb = std::max<int64_t>(1, std::min<int64_t>(256, (rows + 1) / 2));
     const int64_t blocks = (rows + rb - 1) / rb;
     const float* xp = x.flat<float>().data();
     const float* wp = w.flat<float>().data();
