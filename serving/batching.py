@@ -2,11 +2,12 @@
 
 Requests for the same servable, signature and per-row input shapes are concatenated
 along the batch dimension (up to ``max_batch_size`` rows), run as one session call,
-and the outputs split back per request. A batch thread takes the oldest request and
-then every compatible request already queued; with ``batch_timeout_s > 0`` it also
-waits up to that long for more rows. With the default timeout of 0 batching is
-opportunistic: an idle server adds no latency, a busy one merges what piled up while
-the previous batch ran. A merged batch that fails with INVALID_ARGUMENT is re-run one
+and the outputs split back per request. At most ``num_threads`` session calls run at
+once. A batch thread takes the oldest request and then every compatible request already
+queued; with ``batch_timeout_s > 0`` it also waits up to that long for more rows. With
+the default timeout of 0 batching is opportunistic: a request that finds the queue
+empty and a free slot runs at once on its own handler thread (no thread hand-off), and
+requests that arrive while all slots are busy are merged when a slot frees up. A merged batch that fails with INVALID_ARGUMENT is re-run one
 request at a time so one bad request cannot fail its neighbours.
 """
 from __future__ import annotations
@@ -69,6 +70,8 @@ class Batcher:
     self._queue: collections.deque[_Task] = collections.deque()
     self._cond = threading.Condition()
     self._stopping = False
+    self._running = 0               # session calls in progress (<= num_threads)
+    self.num_threads = num_threads
     self.stats = BatchStats()
     self._threads = [threading.Thread(target=self._loop, name=f"batch-{i}", daemon=True)
                      for i in range(num_threads)]
@@ -82,28 +85,46 @@ class Batcher:
     with self._cond:
       if self._stopping:
         raise ServingError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-      if len(self._queue) >= self.max_queued_requests:
-        raise ServingError(grpc.StatusCode.UNAVAILABLE,
-                           f"batch queue is full ({self.max_queued_requests} requests); retry")
-      self._queue.append(task)
-      self._cond.notify()
+      inline = (self.batch_timeout_s <= 0 and not self._queue
+                and self._running < self.num_threads)
+      if inline:
+        self._running += 1
+      else:
+        if len(self._queue) >= self.max_queued_requests:
+          raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                             f"batch queue is full ({self.max_queued_requests} requests); "
+                             "retry")
+        self._queue.append(task)
+        self._cond.notify_all()
+    if inline:
+      try:
+        self._run_safely([task])
+      finally:
+        self._release_slot()
     return task.future
+
+  def _release_slot(self) -> None:
+    with self._cond:
+      self._running -= 1
+      if self._queue:
+        self._cond.notify_all()
 
   def stop(self, timeout_s: float = 30.0) -> None:
     """Runs what is queued, then stops the batch threads."""
     with self._cond:
       self._stopping = True
-      self._cond.notify_all()
+      self._cond.notify_all()   # queued requests still run before the threads exit
     for t in self._threads:
       t.join(timeout=timeout_s)
 
   # -- batch threads -------------------------------------------------------------------
   def _take(self) -> Optional[list[_Task]]:
     with self._cond:
-      while not self._queue:
-        if self._stopping:
+      while not self._queue or self._running >= self.num_threads:
+        if self._stopping and not self._queue:
           return None
         self._cond.wait()
+      self._running += 1
       first = self._queue.popleft()
       batch, rows = [first], first.rows
       until = time.monotonic() + self.batch_timeout_s
@@ -125,12 +146,18 @@ class Batcher:
       if batch is None:
         return
       try:
-        self._run(batch)
-      except Exception as e:   # keep the thread alive whatever happens
-        log.exception("batch failed")
-        for t in batch:
-          if not t.future.done():
-            t.future.set_exception(ServingError(grpc.StatusCode.INTERNAL, f"batch failed: {e}"))
+        self._run_safely(batch)
+      finally:
+        self._release_slot()
+
+  def _run_safely(self, batch: list[_Task]) -> None:
+    try:
+      self._run(batch)
+    except Exception as e:   # every future gets an answer, whatever happens
+      log.exception("batch failed")
+      for t in batch:
+        if not t.future.done():
+          t.future.set_exception(ServingError(grpc.StatusCode.INTERNAL, f"batch failed: {e}"))
 
   def _run(self, batch: list[_Task]) -> None:
     now = time.monotonic()

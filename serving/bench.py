@@ -1,0 +1,341 @@
+"""`ssr_tf bench serving`: latency / QPS of `ssr_tf serve` over loopback gRPC, in JSON.
+
+For every (candidates per request, concurrency) cell, closed-loop client threads (one
+channel each) send pre-serialized PredictRequests of tf.Examples for a bounded number of
+requests or seconds; the JSON gives p50/p90/p99/max latency, QPS and errors by status
+code. The same model is also timed in-process (the server's session engine, and an
+eager ``tf.saved_model.load`` signature call) at concurrency 1, giving the serving
+overhead ratio. One "target" cell (default 128 candidates x concurrency 4) runs longer
+(default 10,000 requests); ``--hot_reload`` publishes a new version in the middle of it.
+
+  ssr_tf bench serving --model_base_path demo_out/export --input 'demo_out/data/test/*'
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Optional
+
+import ssr_tf  # noqa: F401  (TF log level before TensorFlow loads)
+import grpc
+import numpy as np
+from tensorflow_serving.apis import predict_pb2
+
+from ssr_tf.errors import UserError
+from ssr_tf.serving import examples as examples_lib
+from ssr_tf.serving.client import RankingClient
+from ssr_tf.serving.manager import list_versions
+from ssr_tf.serving.process import ServerProcess
+
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+DISTINCT_REQUESTS = 8
+
+
+def _ints(text: str) -> list[int]:
+  try:
+    vals = [int(x) for x in text.split(",") if x.strip()]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+  if not vals or min(vals) < 1:
+    raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+  return vals
+
+
+def _cell(text: str) -> tuple[int, int]:
+  try:
+    c, k = text.lower().split("x")
+    return int(c), int(k)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected CANDIDATESxCONCURRENCY, e.g. 128x4, got "
+                                     f"{text!r}") from None
+
+
+def _pct(lat: list[float]) -> dict[str, float]:
+  if not lat:
+    return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None, "mean_ms": None}
+  a = np.asarray(lat) * 1e3
+  return {"p50_ms": round(float(np.percentile(a, 50)), 3),
+          "p90_ms": round(float(np.percentile(a, 90)), 3),
+          "p99_ms": round(float(np.percentile(a, 99)), 3),
+          "max_ms": round(float(a.max()), 3), "mean_ms": round(float(a.mean()), 3)}
+
+
+def candidate_pool(client: RankingClient, input_glob: str, n: int, seed: int) -> list[bytes]:
+  """`n` serialized tf.Examples: records from `input_glob`, or rows typed by predict_raw."""
+  if input_glob:
+    import tensorflow as tf
+    files = sorted(glob.glob(input_glob))
+    if not files:
+      raise UserError(f"--input {input_glob!r} matches no file")
+    recs = [r for r in tf.data.TFRecordDataset(files).take(n).as_numpy_iterator()]
+    if not recs:
+      raise UserError(f"--input {input_glob!r}: no records")
+    return [bytes(recs[i % len(recs)]) for i in range(n)]
+  types = client.feature_types()
+  if not types:
+    raise UserError("the model has no predict_raw signature to type synthetic rows; pass --input")
+  return [examples_lib.make_example(r, types).SerializeToString()
+          for r in examples_lib.synthetic_rows(types, n, seed)]
+
+
+def _requests(pool: list[bytes], candidates: int, model_name: str) -> list[bytes]:
+  out = []
+  for j in range(DISTINCT_REQUESTS):
+    start = (j * candidates) % len(pool)
+    rows = [pool[(start + i) % len(pool)] for i in range(candidates)]
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = model_name
+    t = req.inputs["examples"]
+    t.dtype = 7                                   # DT_STRING
+    t.tensor_shape.dim.add().size = candidates
+    t.string_val.extend(rows)
+    out.append(req.SerializeToString())
+  return out
+
+
+def run_cell(target: str, requests: list[bytes], candidates: int, concurrency: int,
+             max_requests: int, max_seconds: float, warmup: int, timeout_s: float = 10.0,
+             at_fraction: Optional[tuple[float, Any]] = None) -> dict:
+  """Closed-loop load: `concurrency` threads until `max_requests` or `max_seconds`."""
+  lock = threading.Lock()
+  lat: list[float] = []
+  codes: dict[str, int] = {}
+  versions: dict[int, int] = {}
+  state = {"issued": 0, "fired": False}
+  bad_shape = [0]
+  channels = [grpc.insecure_channel(target, options=[
+      ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
+      for _ in range(concurrency)]
+  calls = [ch.unary_unary(PREDICT, request_serializer=None,
+                          response_deserializer=predict_pb2.PredictResponse.FromString)
+           for ch in channels]
+  for i in range(concurrency):                         # connect + warm each channel
+    for k in range(max(1, warmup // concurrency)):
+      try:
+        calls[i](requests[k % len(requests)], timeout=timeout_s)
+      except grpc.RpcError:
+        pass
+  deadline = time.monotonic() + max_seconds
+
+  def worker(i: int) -> None:
+    call, k = calls[i], i
+    while True:
+      with lock:
+        if state["issued"] >= max_requests or time.monotonic() > deadline:
+          return
+        state["issued"] += 1
+        n = state["issued"]
+        fire = (at_fraction is not None and not state["fired"]
+                and n >= at_fraction[0] * max_requests)
+        if fire:
+          state["fired"] = True
+      if fire:
+        threading.Thread(target=at_fraction[1], daemon=True).start()
+      req = requests[k % len(requests)]
+      k += concurrency
+      t0 = time.perf_counter()
+      try:
+        resp = call(req, timeout=timeout_s)
+        dt = time.perf_counter() - t0
+        ok = len(resp.outputs["click_prob"].float_val) == candidates
+        with lock:
+          lat.append(dt)
+          v = resp.model_spec.version.value
+          versions[v] = versions.get(v, 0) + 1
+          if not ok:
+            bad_shape[0] += 1
+      except grpc.RpcError as e:
+        with lock:
+          codes[e.code().name] = codes.get(e.code().name, 0) + 1
+
+  t0 = time.monotonic()
+  threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  elapsed = time.monotonic() - t0
+  for ch in channels:
+    ch.close()
+  rpc_errors = sum(codes.values())
+  if bad_shape[0]:
+    codes["WRONG_OUTPUT_SIZE"] = bad_shape[0]
+  return {"candidates": candidates, "concurrency": concurrency,
+          "requests": len(lat) + rpc_errors, "errors": rpc_errors + bad_shape[0],
+          "error_codes": codes,
+          "seconds": round(elapsed, 2), "qps": round(len(lat) / elapsed, 1) if elapsed else 0.0,
+          "candidates_per_s": round(len(lat) * candidates / elapsed, 0) if elapsed else 0.0,
+          **_pct(lat), "served_versions": {str(k): v for k, v in sorted(versions.items())}}
+
+
+def in_process(export_dir: str, pool: list[bytes], sizes: list[int], n: int,
+               intra: int, inter: int) -> list[dict]:
+  """Latency of the model called in-process: session engine and eager signature call."""
+  import tensorflow as tf
+  from ssr_tf.serving.servable import Servable
+  out = []
+  servable = Servable("bench", 0, export_dir, intra, inter)
+  sig = servable.signature("serving_default")
+  eager = tf.saved_model.load(export_dir).signatures["serving_default"]
+  for c in sizes:
+    batch = [pool[i % len(pool)] for i in range(c)]
+    arr = np.empty(c, dtype=object)
+    arr[:] = batch
+    for engine in ("session", "eager"):
+      if engine == "session":
+        fn = lambda: servable.run(sig, {"examples": arr})   # noqa: E731
+      else:
+        fn = lambda: eager(examples=tf.constant(batch))   # noqa: E731
+      for _ in range(10):
+        fn()
+      lat = []
+      stop = time.monotonic() + 30
+      for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        lat.append(time.perf_counter() - t0)
+        if time.monotonic() > stop:
+          break
+      out.append({"candidates": c, "engine": engine, "requests": len(lat), **_pct(lat)})
+  servable.close()
+  return out
+
+
+def main(argv: list[str], prog: str = "ssr_tf bench serving") -> int:
+  p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--model_base_path", default="",
+                 help="export base path; the bench starts `ssr_tf serve` on it (loopback)")
+  p.add_argument("--server", default="", help="HOST:PORT of a running server instead")
+  p.add_argument("--model_name", default="ssr")
+  p.add_argument("--input", default="", help="TFRecord glob of candidate tf.Examples "
+                 "(default: synthetic rows typed by predict_raw)")
+  p.add_argument("--candidates", type=_ints, default=[1, 32, 128, 512])
+  p.add_argument("--concurrency", type=_ints, default=[1, 4, 16])
+  p.add_argument("--requests", type=int, default=1000, help="requests per cell (at most)")
+  p.add_argument("--max_seconds", type=float, default=20.0, help="seconds per cell (at most)")
+  p.add_argument("--warmup", type=int, default=16, help="untimed requests per cell")
+  p.add_argument("--target", type=_cell, default=(128, 4), help="the cell run longer")
+  p.add_argument("--target_requests", type=int, default=10000)
+  p.add_argument("--target_max_seconds", type=float, default=180.0)
+  p.add_argument("--target_p99_ms", type=float, default=10.0)
+  p.add_argument("--hot_reload", action="store_true",
+                 help="publish a copy of the model as a new version during the target cell "
+                      "(needs --model_base_path; works on a temporary copy)")
+  p.add_argument("--inprocess_requests", type=int, default=300,
+                 help="in-process calls per size (0 = skip)")
+  p.add_argument("--server_args", default="",
+                 help="extra `ssr_tf serve` flags, space-separated (e.g. '--max_batch_size=256')")
+  p.add_argument("--output", default="", help="also write the JSON here")
+  args = p.parse_args(argv)
+  if bool(args.model_base_path) == bool(args.server):
+    p.error("give exactly one of --model_base_path and --server")
+  if args.hot_reload and not args.model_base_path:
+    p.error("--hot_reload needs --model_base_path")
+  server_args = args.server_args.split()
+  result: dict[str, Any] = {
+      "host": {"cpus": os.cpu_count(), "machine": platform.machine(),
+               "python": platform.python_version(), "loadavg_start": os.getloadavg()},
+      "settings": {k: v for k, v in vars(args).items() if k not in ("output",)},
+  }
+  tmp = None
+  srv = None
+  export_dir = None
+  try:
+    if args.model_base_path:
+      versions = list_versions(args.model_base_path)
+      if not versions:
+        raise UserError(f"no SavedModel version under {args.model_base_path}")
+      top = max(versions)
+      export_dir = versions[top]
+      base = args.model_base_path
+      if args.hot_reload:          # never touch the user's directory: serve a copy
+        tmp = tempfile.mkdtemp(prefix="ssr_bench_")
+        base = os.path.join(tmp, "models")
+        shutil.copytree(export_dir, os.path.join(base, str(top)))
+      srv = ServerProcess(base, server_args, model_name=args.model_name,
+                          log_path=os.path.join(tmp, "server.log") if tmp else None)
+      srv.start()
+      srv.wait_available(120)
+      target = srv.target
+      result["server"] = {"target": target, "flags": server_args, "version": top,
+                          "export_dir": export_dir}
+    else:
+      target = args.server
+    with RankingClient(target, args.model_name) as client:
+      client.wait_until_available(60)
+      pool = candidate_pool(client, args.input, max(args.candidates) * 2, seed=0)
+    if export_dir and args.inprocess_requests > 0:
+      cores = os.cpu_count() or 2
+      result["inprocess"] = in_process(export_dir, pool, args.candidates,
+                                       args.inprocess_requests, cores, cores)
+    cells = []
+    for c in args.candidates:
+      reqs = _requests(pool, c, args.model_name)
+      for k in args.concurrency:
+        is_target = (c, k) == tuple(args.target)
+        hook = None
+        if is_target and args.hot_reload:
+          new_version = max(list_versions(base)) + 1
+
+          def publish(src=export_dir, base=base, v=new_version):
+            stage = os.path.join(tmp, f"stage{v}")
+            shutil.copytree(src, stage)
+            os.rename(stage, os.path.join(base, str(v)))
+            result["hot_reload"] = {"published_version": v, "at": "1/3 of the target cell"}
+          hook = (1 / 3, publish)
+        cell = run_cell(target, reqs, c, k,
+                        args.target_requests if is_target else args.requests,
+                        args.target_max_seconds if is_target else args.max_seconds,
+                        args.warmup, at_fraction=hook)
+        cell["target"] = is_target
+        cells.append(cell)
+        print(json.dumps({k2: cell[k2] for k2 in ("candidates", "concurrency", "requests",
+                                                   "errors", "qps", "p50_ms", "p99_ms")}),
+              flush=True, file=sys.stderr)
+    result["cells"] = cells
+    inproc = {(r["candidates"], r["engine"]): r for r in result.get("inprocess", [])}
+    overhead = []
+    for cell in cells:
+      if cell["concurrency"] == 1 and (cell["candidates"], "session") in inproc:
+        base_ms = inproc[(cell["candidates"], "session")]["p50_ms"]
+        eager_ms = inproc[(cell["candidates"], "eager")]["p50_ms"]
+        overhead.append({"candidates": cell["candidates"], "serving_p50_ms": cell["p50_ms"],
+                         "inprocess_session_p50_ms": base_ms, "inprocess_eager_p50_ms": eager_ms,
+                         "ratio_vs_session": round(cell["p50_ms"] / base_ms, 2),
+                         "ratio_vs_eager": round(cell["p50_ms"] / eager_ms, 2)})
+    result["overhead"] = overhead
+    tc = next((x for x in cells if x["target"]), None)
+    if tc is not None:
+      result["target"] = {"cell": f"{tc['candidates']}x{tc['concurrency']}",
+                          "requests": tc["requests"], "errors": tc["errors"],
+                          "p99_ms": tc["p99_ms"], "p99_limit_ms": args.target_p99_ms,
+                          "met": tc["errors"] == 0 and tc["p99_ms"] is not None
+                          and tc["p99_ms"] <= args.target_p99_ms}
+      if "hot_reload" in result:
+        result["hot_reload"]["served_versions"] = tc["served_versions"]
+        result["hot_reload"]["errors"] = tc["errors"]
+    result["host"]["loadavg_end"] = os.getloadavg()
+  finally:
+    if srv is not None:
+      code = srv.stop()
+      result.setdefault("server", {})["exit_code"] = code
+      log = srv.log()
+      result["server"]["batching"] = next(
+          (line.split("] ", 1)[-1] for line in log.splitlines() if "Batching:" in line), None)
+    if tmp:
+      shutil.rmtree(tmp, ignore_errors=True)
+  text = json.dumps(result, indent=2)
+  print(text)
+  if args.output:
+    with open(args.output, "w") as f:
+      f.write(text + "\n")
+  return 0
