@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import pathlib
+import re
 import types
 import typing
 from typing import Any, Optional
@@ -74,11 +76,13 @@ class TrainConfig:
   Attributes:
     model_dir: checkpoints, TensorBoard logs, the resolved config and metrics.
     epochs: maximum number of passes over the training data.
-    steps_per_epoch: cap on steps per epoch (0: the whole training split).
+    steps_per_epoch: steps per epoch (0: enough global batches to cover the training split
+      once, counted from the shards; training reads one endless, resumable stream).
     learning_rate: Adam learning rate.
     optimizer: "adam" or "adagrad".
     early_stopping_patience: epochs without validation-AUC gain before stopping (0: off).
-    checkpoint_every_steps: steps between backups used to resume mid-epoch.
+    checkpoint_every_steps: steps between backups used to resume mid-epoch (a backup is
+      also written at every epoch end).
     seed: global seed of initialisers and shuffling.
     verbose: Keras progress bar level (0, 1 or 2).
   """
@@ -93,12 +97,131 @@ class TrainConfig:
   verbose: int = 2
 
 
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "parameter_server")
+LR_SCALING = ("none", "linear", "sqrt")
+PARTITIONERS = ("min_size", "fixed", "none")
+
+
+@dataclasses.dataclass
+class DistributionConfig:
+  """How training is spread over devices and machines (see docs/distributed.md).
+
+  Attributes:
+    strategy: default (one device), mirrored (all GPUs of one host, or `devices`),
+      multi_worker_mirrored (synchronous data parallelism over the workers of TF_CONFIG)
+      or parameter_server (asynchronous workers, variables and sharded embedding tables
+      on parameter servers, driven by a ClusterCoordinator on the chief).
+    devices: mirrored only: the devices to replicate over, e.g. ["/gpu:0", "/gpu:1"];
+      empty: every visible GPU, or the (logical) CPUs when there is no GPU.
+    num_logical_cpu_devices: split the host CPU into this many logical devices before
+      TensorFlow starts (0 or 1: off), so mirrored can run over several devices on a
+      CPU-only host (tests, benchmarks; shows overhead, not speed-up).
+    cross_device_ops: mirrored all-reduce: auto, nccl, hierarchical_copy or reduce_to_one.
+    communication: multi_worker_mirrored collectives: auto, ring or nccl.
+    per_replica_batch_size: > 0: the global batch is this times the number of replicas
+      (data.batch_size is ignored); 0: data.batch_size is the global batch, split evenly
+      across replicas (it must divide by their number).
+    lr_scaling: none, linear or sqrt: the learning rate is train.learning_rate x
+      rule(global batch / lr_reference_batch_size) (Goyal et al. 2017 for linear).
+    lr_reference_batch_size: the global batch train.learning_rate was tuned at
+      (0: data.batch_size, so the factor is 1 unless per_replica_batch_size grows it).
+    lr_warmup_steps: steps of linear warm-up from train.learning_rate to the scaled rate
+      (0: the scaled rate from the first step).
+    steps_per_execution: train steps per tf.function call (> 1 amortises dispatch, most
+      useful with parameter_server).
+    partitioner: parameter_server: how embedding tables are split across the parameter
+      servers: min_size (MinSizePartitioner), fixed (FixedShardsPartitioner) or none.
+    min_shard_bytes: min_size: the smallest shard; a table smaller than this stays whole.
+    max_shards: min_size: at most this many shards (0: the number of parameter servers).
+    num_shards: fixed: shards per table (0: the number of parameter servers).
+    embedding_pattern: regular expression on variable names that marks the embedding
+      tables: only these are partitioned, and their gradients must stay sparse.
+    sparse_gradients: require, warn or off: what happens when an embedding table's
+      gradient reaches the all-reduce as a dense tensor (a whole-table all-reduce each step).
+    tf_config: the cluster as a TF_CONFIG JSON string; empty: the TF_CONFIG environment
+      variable (the usual way: each machine's launcher sets it).
+    local_workers: parameter_server, tests and benchmarks: start this many worker servers
+      in this process on 127.0.0.1 instead of reading TF_CONFIG (0: off).
+    local_ps: parameter servers started in this process with local_workers.
+  """
+  strategy: str = "default"
+  devices: list[str] = dataclasses.field(default_factory=list)
+  num_logical_cpu_devices: int = 0
+  cross_device_ops: str = "auto"
+  communication: str = "auto"
+  per_replica_batch_size: int = 0
+  lr_scaling: str = "none"
+  lr_reference_batch_size: int = 0
+  lr_warmup_steps: int = 0
+  steps_per_execution: int = 1
+  partitioner: str = "min_size"
+  min_shard_bytes: int = 256 << 10
+  max_shards: int = 0
+  num_shards: int = 0
+  embedding_pattern: str = "^emb_"
+  sparse_gradients: str = "require"
+  tf_config: str = ""
+  local_workers: int = 0
+  local_ps: int = 2
+
+  def validate(self) -> None:
+    """Rejects unusable values; errors name ``distribution.<key>``."""
+    _check(self.strategy in STRATEGIES, "distribution.strategy",
+           f"must be one of {list(STRATEGIES)}, got {self.strategy!r}")
+    _check(not self.devices or self.strategy == "mirrored", "distribution.devices",
+           f"only used with strategy 'mirrored', not {self.strategy!r}")
+    _check(self.num_logical_cpu_devices >= 0, "distribution.num_logical_cpu_devices",
+           "must be >= 0")
+    _check(self.cross_device_ops in ("auto", "nccl", "hierarchical_copy", "reduce_to_one"),
+           "distribution.cross_device_ops",
+           f"must be auto, nccl, hierarchical_copy or reduce_to_one, got {self.cross_device_ops!r}")
+    _check(self.communication in ("auto", "ring", "nccl"), "distribution.communication",
+           f"must be auto, ring or nccl, got {self.communication!r}")
+    _check(self.per_replica_batch_size >= 0, "distribution.per_replica_batch_size",
+           "must be >= 0")
+    _check(self.lr_scaling in LR_SCALING, "distribution.lr_scaling",
+           f"must be one of {list(LR_SCALING)}, got {self.lr_scaling!r}")
+    _check(self.lr_reference_batch_size >= 0, "distribution.lr_reference_batch_size",
+           "must be >= 0")
+    _check(self.lr_warmup_steps >= 0, "distribution.lr_warmup_steps", "must be >= 0")
+    _check(self.steps_per_execution >= 1, "distribution.steps_per_execution", "must be >= 1")
+    _check(self.partitioner in PARTITIONERS, "distribution.partitioner",
+           f"must be one of {list(PARTITIONERS)}, got {self.partitioner!r}")
+    _check(self.min_shard_bytes > 0, "distribution.min_shard_bytes", "must be > 0")
+    _check(self.max_shards >= 0, "distribution.max_shards", "must be >= 0")
+    _check(self.num_shards >= 0, "distribution.num_shards", "must be >= 0")
+    try:
+      re.compile(self.embedding_pattern)
+    except re.error as e:
+      raise ConfigError(f"config key 'distribution.embedding_pattern': not a regular "
+                        f"expression ({e})") from None
+    _check(self.sparse_gradients in ("require", "warn", "off"), "distribution.sparse_gradients",
+           f"must be require, warn or off, got {self.sparse_gradients!r}")
+    if self.tf_config:
+      try:
+        parsed = json.loads(self.tf_config)
+      except ValueError as e:
+        raise ConfigError(f"config key 'distribution.tf_config': not valid JSON ({e})") from None
+      _check(isinstance(parsed, dict) and isinstance(parsed.get("cluster"), dict),
+             "distribution.tf_config", "needs a 'cluster' mapping, as TF_CONFIG does")
+    _check(self.local_workers >= 0, "distribution.local_workers", "must be >= 0")
+    _check(self.local_workers == 0 or self.strategy == "parameter_server",
+           "distribution.local_workers", "in-process clusters are for strategy "
+           f"'parameter_server' (multi_worker_mirrored needs one process per worker), not "
+           f"{self.strategy!r}")
+    _check(self.local_workers == 0 or self.local_ps >= 1, "distribution.local_ps",
+           "must be >= 1 when distribution.local_workers > 0")
+    _check(not (self.local_workers and self.tf_config), "distribution.local_workers",
+           "give either an in-process cluster or distribution.tf_config, not both")
+
+
 @dataclasses.dataclass
 class ExperimentConfig:
-  """A whole experiment: data, model and training."""
+  """A whole experiment: data, model, training and its distribution."""
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  distribution: DistributionConfig = dataclasses.field(default_factory=DistributionConfig)
 
   def validate(self) -> None:
     """Rejects values no component could use; errors name the key path."""
@@ -113,6 +236,9 @@ class ExperimentConfig:
     _check(self.train.learning_rate > 0, "train.learning_rate", "must be > 0")
     _check(self.train.optimizer in ("adam", "adagrad"), "train.optimizer",
            "must be 'adam' or 'adagrad'")
+    _check(self.train.steps_per_epoch >= 0, "train.steps_per_epoch", "must be >= 0")
+    _check(self.train.checkpoint_every_steps > 0, "train.checkpoint_every_steps", "must be > 0")
+    self.distribution.validate()
     from ssr_tf.models import registry  # pylint: disable=import-outside-toplevel
     registry.backbone_config(self.model)  # raises ConfigError naming model.name / model.backbone.*
 

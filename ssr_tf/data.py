@@ -1,13 +1,22 @@
 """tf.data input pipeline over TFRecord shards of tf.Example.
 
-list shards -> (shard per worker) -> interleave reads -> shuffle -> batch -> parse the
-whole batch with tf.io.parse_example -> prefetch. Yields ``(features, labels)`` for Keras,
-or ``(features, labels, extras)`` with group ids and oracle probabilities for evaluation.
+list shards -> (shard per input pipeline) -> interleave reads -> shuffle -> batch -> parse
+the whole batch with tf.io.parse_example -> prefetch. Yields ``(features, labels)`` for
+Keras, or ``(features, labels, extras)`` with group ids and oracle probabilities for
+evaluation.
+
+Training reads :func:`train_stream`: one endless stream of epochs, each shuffled with a
+seed derived from (seed, epoch), cut into equal batches. Its position is a pure function
+of the global step, so a restarted run skips exactly the records the restored state has
+already trained on (see docs/distributed.md).
 """
 from __future__ import annotations
 
+import json
 import logging
-from typing import Optional
+import os
+import pathlib
+from typing import Callable, Optional
 
 import tensorflow as tf
 
@@ -125,6 +134,150 @@ def find_corrupt_shard(files: list[str], compression: str = "") -> Optional[str]
   return None
 
 
+def count_records(files: list[str], compression: str = "",
+                  cache: Optional[str] = None) -> list[int]:
+  """Records in each file (one read pass; cached in JSON `cache` by path, size and mtime).
+
+  Raises DataError naming the file when one cannot be read to the end.
+  """
+  known: dict = {}
+  if cache and os.path.exists(cache):
+    try:
+      known = json.loads(pathlib.Path(cache).read_text())
+    except ValueError:
+      known = {}
+  counts, changed = [], False
+  for path in files:
+    st = tf.io.gfile.stat(path)
+    stamp = f"{st.length}:{st.mtime_nsec}"
+    entry = known.get(path)
+    if entry and entry[0] == stamp:
+      counts.append(int(entry[1]))
+      continue
+    try:
+      n = int(tf.data.TFRecordDataset(path, compression_type=compression).reduce(
+          tf.constant(0, tf.int64), lambda acc, _: acc + 1))
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+      raise DataError(f"{path}: corrupt TFRecord data ({e.message.splitlines()[0]})") from None
+    known[path] = [stamp, n]
+    counts.append(n)
+    changed = True
+  if cache and changed:
+    tmp = f"{cache}.tmp{os.getpid()}"
+    pathlib.Path(tmp).write_text(json.dumps(known))
+    os.replace(tmp, cache)
+  return counts
+
+
+def pipeline_share(files: list[str], input_context: Optional[tf.distribute.InputContext],
+                   key: str = "data.train") -> tuple[list[str], Optional[tuple[int, int]]]:
+  """This input pipeline's files, and ``(num_pipelines, index)`` when it must instead take
+  every num_pipelines-th record of all files (fewer files than pipelines; warns)."""
+  if not input_context or input_context.num_input_pipelines <= 1:
+    return files, None
+  n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
+  if len(files) >= n:
+    return files[i::n], None
+  logging.warning("%s: %d files for %d input pipelines; sharding by record (every pipeline "
+                  "reads every file; write at least %d shards to shard by file)", key,
+                  len(files), n, n)
+  return files, (n, i)
+
+
+def pipeline_sizes(files: list[str], counts: list[int], num_pipelines: int) -> list[int]:
+  """Records each of `num_pipelines` input pipelines reads (see :func:`pipeline_share`)."""
+  if num_pipelines <= 1:
+    return [sum(counts)]
+  if len(files) >= num_pipelines:
+    return [sum(counts[i::num_pipelines]) for i in range(num_pipelines)]
+  total = sum(counts)
+  return [len(range(i, total, num_pipelines)) for i in range(num_pipelines)]
+
+
+def _reader(files: list[str], compression: str, cycle_length: int, deterministic: bool,
+            record_shard: Optional[tuple[int, int]]
+            ) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
+  """A function: dataset of (possibly shuffled) file names -> their interleaved records."""
+  def read(files_ds: tf.data.Dataset) -> tf.data.Dataset:
+    ds = files_ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
+        cycle_length=max(1, min(cycle_length, len(files))), num_parallel_calls=AUTOTUNE,
+        # Record sharding needs the same order in every pipeline.
+        deterministic=deterministic or record_shard is not None)
+    if record_shard:
+      ds = ds.shard(*record_shard)
+    return ds
+  return read
+
+
+def train_stream(pattern: str, spec: FeatureSpec, batch_size: int, *, key: str = "data.train",
+                 shuffle_buffer: int = 0, seed: int = 0, deterministic: bool = False,
+                 compression: str = "", cycle_length: int = 4,
+                 input_context: Optional[tf.distribute.InputContext] = None,
+                 start_step: int = 0, counts: Optional[list[int]] = None,
+                 count_cache: Optional[str] = None, per_worker_seed: bool = False,
+                 check: bool = True) -> tf.data.Dataset:
+  """The endless, resumable training stream of this input pipeline.
+
+  Epoch e reads the pipeline's share of the shards (by file, else by record), shuffles
+  the file order (unless `deterministic`) and the records (buffer `shuffle_buffer`) with
+  seeds derived from (seed, e); epochs are concatenated and cut into batches of
+  `batch_size` (the per-replica batch with `input_context`) with drop_remainder, so every
+  replica of every step gets a full batch. Each step consumes
+  ``batch_size * replicas_per_pipeline`` records of the stream, so `start_step` (the
+  global step a restored run continues from) maps to an exact record position: the
+  stream starts at epoch ``pos // n`` and skips ``pos % n`` records. With
+  ``deterministic: false`` the count skipped is exact but parallel reads may order the
+  records around the cut differently. `per_worker_seed` (parameter servers, whose
+  workers cannot be told apart) seeds each worker's shuffles from its clock instead.
+  `counts` (records per file of the whole split) saves the counting pass; pass them when
+  the function is traced (parameter-server workers), where eager reads are impossible.
+  """
+  files = list_files(pattern, key)
+  if check:
+    check_records(files, spec, key, compression)
+  mine, record_shard = pipeline_share(files, input_context, key)
+  if counts is None:
+    counts = count_records(files, compression, count_cache)
+  num, index = ((input_context.num_input_pipelines, input_context.input_pipeline_id)
+                if input_context else (1, 0))
+  size = pipeline_sizes(files, counts, num)[index]
+  if size == 0:
+    raise DataError(f"config key '{key}': input pipeline "
+                    f"{input_context.input_pipeline_id if input_context else 0} has no records")
+  replicas_here = 1
+  if input_context:
+    replicas_here = max(1, input_context.num_replicas_in_sync // input_context.num_input_pipelines)
+  position = int(start_step) * batch_size * replicas_here
+  first_epoch, skip = divmod(position, size)
+  read = _reader(mine, compression, cycle_length, deterministic, record_shard)
+  base_seed = tf.constant(int(seed) * 1_000_003, tf.int64)
+  if per_worker_seed:
+    base_seed = tf.cast(tf.timestamp() * 1e6, tf.int64) % (2 ** 40)
+
+  def epoch(e: tf.Tensor) -> tf.data.Dataset:
+    seed_e = base_seed + e
+    files_ds = tf.data.Dataset.from_tensor_slices(mine)
+    if not deterministic:
+      files_ds = files_ds.shuffle(len(mine), seed=seed_e)
+    ds = read(files_ds)
+    if shuffle_buffer > 0:
+      ds = ds.shuffle(shuffle_buffer, seed=seed_e, reshuffle_each_iteration=False)
+    return ds
+
+  ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch)
+  if skip:
+    ds = ds.skip(skip)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  ds = ds.map(lambda s: parse_batch(s, spec), num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+  options = tf.data.Options()
+  # Sharding is done above, per input pipeline; never let tf.distribute shard again.
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+  options.deterministic = deterministic
+  return ds.with_options(options).prefetch(AUTOTUNE)
+
+
 def make_dataset(pattern: str, spec: FeatureSpec, batch_size: int, *, training: bool,
                  key: str = "data.train", shuffle_buffer: int = 0, seed: int = 0,
                  deterministic: bool = False, compression: str = "", cycle_length: int = 4,
@@ -135,27 +288,18 @@ def make_dataset(pattern: str, spec: FeatureSpec, batch_size: int, *, training: 
 
   With `input_context` (tf.distribute), shards go to input pipelines by file when there
   are at least as many files as pipelines, else by record (with a warning), and
-  `batch_size` is the per-replica batch.
+  `batch_size` is the per-replica batch. Auto-sharding is turned off explicitly: the
+  sharding above is the only one.
   """
   files = list_files(pattern, key)
   if check:
     check_records(files, spec, key, compression)
-  ds = tf.data.Dataset.from_tensor_slices(files)
-  if input_context and input_context.num_input_pipelines > 1:
-    n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
-    if len(files) >= n:
-      ds = ds.shard(n, i)
-    else:
-      logging.warning("%s: %d files for %d input pipelines; sharding by record", key,
-                      len(files), n)
+  mine, record_shard = pipeline_share(files, input_context, key)
+  ds = tf.data.Dataset.from_tensor_slices(mine)
   if training and not deterministic:
-    ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-  ds = ds.interleave(
-      lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
-      cycle_length=min(cycle_length, len(files)), num_parallel_calls=AUTOTUNE,
-      deterministic=deterministic or not training)
-  if input_context and input_context.num_input_pipelines > len(files) > 0:
-    ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    ds = ds.shuffle(len(mine), seed=seed, reshuffle_each_iteration=True)
+  ds = _reader(mine, compression, cycle_length, deterministic or not training,
+                     record_shard)(ds)
   if training and shuffle_buffer > 0:
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   if repeat:

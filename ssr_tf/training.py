@@ -1,9 +1,23 @@
-"""`ssr_tf train`: Keras training with resume, early stopping and TensorBoard.
+"""`ssr_tf train`: Keras training under a tf.distribute strategy, with exact resume.
 
-Checkpoints: ``model_dir/backup`` (BackupAndRestore, every `checkpoint_every_steps` steps
-and each epoch, so a killed run restarted by the same command resumes at the same step
-with the same optimizer state) and ``model_dir/ckpt`` (the best weights by validation
-click AUC, what evaluate and export read).
+The model, optimizer, metrics and datasets are built under the strategy of the
+``distribution:`` section (ssr_tf/distribute.py); the global batch is split across the
+replicas and the learning rate scaled by ``distribution.lr_scaling``.
+
+Files under ``model_dir`` (JSON written to a temporary file and renamed; TF checkpoints
+write their data files before the index that names them, so a kill never leaves a
+half-written checkpoint behind the index):
+
+* ``backup/``: model, optimizer, epoch and step (BackupAndRestore) every
+  ``checkpoint_every_steps`` steps and at each epoch end. A killed run restarted by the
+  same command restores it and continues at the next step, reading the training stream
+  from the matching record (ssr_tf.data.train_stream). Deleted once training completes.
+* ``ckpt/``: the best weights by validation click AUC (what evaluate and export read).
+* ``progress.jsonl``: start / backup / end events with the step counters (for checks).
+* ``history.jsonl`` and ``callbacks.json``: per-epoch metrics and early-stopping state, so
+  a resumed run reports every epoch and keeps its patience.
+* ``train_state.json``: written last; a completed run is not trained again without
+  ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -11,41 +25,204 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import time
+from typing import Callable, Optional
 
 import tensorflow as tf
+import yaml
 
 from ssr_tf import data as data_lib
+from ssr_tf import distribute
 from ssr_tf import task
-from ssr_tf.config import ExperimentConfig, save_config
+from ssr_tf.config import ExperimentConfig, to_dict
 from ssr_tf.errors import DataError
 from ssr_tf.models.ranker import backbone_flops, backbone_params
 
+BACKUP_SUBDIR = "backup"
 
-def make_optimizer(cfg: ExperimentConfig) -> tf.keras.optimizers.Optimizer:
-  if cfg.train.optimizer == "adagrad":
-    return tf.keras.optimizers.Adagrad(cfg.train.learning_rate)
-  return tf.keras.optimizers.Adam(cfg.train.learning_rate)
+
+def atomic_write_text(path: pathlib.Path | str, text: str) -> None:
+  """Writes `text` to a temporary file beside `path`, then renames it over `path`."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def append_jsonl(path: pathlib.Path, record: dict) -> None:
+  """Appends one JSON line (flushed and synced; a reader skips a torn last line)."""
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+  if not path.exists():
+    return []
+  out = []
+  for line in path.read_text().splitlines():
+    try:
+      out.append(json.loads(line))
+    except ValueError:
+      continue
+  return out
+
+
+def make_optimizer(cfg: ExperimentConfig, learning_rate=None,
+                   distributed: bool = False) -> tf.keras.optimizers.Optimizer:
+  """Adam or Adagrad; `distributed` mixes in replica-mean, sparse-checked aggregation."""
+  cls = tf.keras.optimizers.Adagrad if cfg.train.optimizer == "adagrad" else tf.keras.optimizers.Adam
+  lr = cfg.train.learning_rate if learning_rate is None else learning_rate
+  if distributed:
+    return distribute.distributed_optimizer(cls, cfg.distribution, learning_rate=lr)
+  return cls(lr)
 
 
 class BestCheckpoint(tf.keras.callbacks.Callback):
-  """Saves the weights to model_dir/ckpt whenever `monitor` improves (or every epoch when
-  there is no validation data)."""
+  """Saves the weights whenever `monitor` improves (or every epoch when there is no
+  validation data) through `save(checkpoint_number)`."""
 
-  def __init__(self, manager: tf.train.CheckpointManager, monitor: str = "val_click_auc"):
+  def __init__(self, save: Callable[[int], None], monitor: str = "val_click_auc",
+               best: float = -math.inf):
     super().__init__()
-    self.manager = manager
+    self.save = save
     self.monitor = monitor
-    self.best = -math.inf
+    self.best = best
+    self.saves = 0
 
   def on_epoch_end(self, epoch, logs=None):
     value = (logs or {}).get(self.monitor)
     if value is None or value > self.best:
       self.best = value if value is not None else self.best
-      self.manager.save(checkpoint_number=epoch + 1)
+      self.save(epoch + 1)
+      self.saves += 1
+
+
+class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
+  """EarlyStopping whose wait/best counters survive a restart (`state` from callbacks.json)."""
+
+  def __init__(self, state: Optional[dict] = None, **kwargs):
+    super().__init__(**kwargs)
+    self._resume_state = state
+
+  def on_train_begin(self, logs=None):
+    super().on_train_begin(logs)
+    if self._resume_state:
+      self.wait = int(self._resume_state["wait"])
+      self.best = float(self._resume_state["best"])
+      self.best_epoch = int(self._resume_state.get("best_epoch", 0))
+
+  def state(self) -> dict:
+    return {"wait": int(self.wait), "best": float(self.best), "best_epoch": int(self.best_epoch)}
+
+
+class ResumableBackup(tf.keras.callbacks.BackupAndRestore):
+  """BackupAndRestore that backs up every `every_steps` steps and at each epoch end,
+  counting steps (not callback calls, which differ with steps_per_execution), recording
+  the last step done, and, with parameter servers, after the in-flight steps finish.
+
+  Keras restores the backup in on_train_begin and continues at the step after the one
+  recorded; `on_backup(global_step)` is called after each backup.
+  """
+
+  def __init__(self, backup_dir: str, every_steps: int, steps_per_epoch: int,
+               coordinator=None, on_backup: Optional[Callable[[int], None]] = None):
+    super().__init__(backup_dir, save_freq=every_steps, delete_checkpoint=False)
+    self.every_steps = every_steps
+    self.steps_per_epoch = steps_per_epoch
+    self.coordinator = coordinator
+    self.on_backup = on_backup
+    self._done_in_epoch = 0
+    self._since_backup = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    super().on_epoch_begin(epoch, logs)
+    self._done_in_epoch = None
+
+  def on_train_batch_begin(self, batch, logs=None):
+    if self._done_in_epoch is None:       # first call of the epoch: resume offset
+      self._done_in_epoch = batch
+
+  def on_train_batch_end(self, batch, logs=None):
+    # `batch` is the index of the last step this call ran.
+    ran = batch + 1 - self._done_in_epoch
+    self._done_in_epoch = batch + 1
+    self._since_backup += ran
+    if self._since_backup >= self.every_steps and batch + 1 < self.steps_per_epoch:
+      self._save(self._current_epoch, batch)
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._save(epoch, self.steps_per_epoch - 1)
+
+  def _save(self, epoch: int, batch: int) -> None:
+    if self.coordinator is not None:
+      self.coordinator.join()             # no step in flight while the state is read
+    self._since_backup = 0
+    state = self._training_state
+    state._ckpt_saved_epoch.assign(epoch)   # pylint: disable=protected-access
+    state._ckpt_saved_batch.assign(batch)   # pylint: disable=protected-access
+    state.back_up(epoch=epoch, batch=batch)
+    if self.on_backup:
+      self.on_backup(epoch * self.steps_per_epoch + batch + 1)
+
+
+def resume_point(backup_dir: str, steps_per_epoch: int) -> tuple[int, int]:
+  """(epoch, step in epoch) a run restoring `backup_dir` continues at, as Keras computes
+  it from the saved epoch and batch; (0, 0) without a backup."""
+  latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+  if not latest:
+    return 0, 0
+  reader = tf.train.load_checkpoint(latest)
+  epoch = int(reader.get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+  batch = int(reader.get_tensor("ckpt_saved_batch/.ATTRIBUTES/VARIABLE_VALUE"))
+  if batch < 0:
+    return max(epoch, 0), 0
+  if batch >= steps_per_epoch - 1:
+    return epoch + 1, 0
+  return epoch, batch + 1
+
+
+class RunLog(tf.keras.callbacks.Callback):
+  """Chief-only bookkeeping: progress events, per-epoch history, callback state."""
+
+  def __init__(self, model_dir: pathlib.Path, start: dict, write: bool,
+               state_fn: Callable[[], dict]):
+    super().__init__()
+    self.dir = model_dir
+    self.start = start
+    self.write = write
+    self.state_fn = state_fn
+
+  def event(self, record: dict) -> None:
+    if self.write:
+      append_jsonl(self.dir / "progress.jsonl", {"time": round(time.time(), 3), **record})
+
+  def on_train_begin(self, logs=None):
+    self.event({"event": "start", **self.start,
+                "optimizer_iterations": int(self.model.optimizer.iterations.numpy())})
+
+  def on_epoch_end(self, epoch, logs=None):
+    if not self.write:
+      return
+    append_jsonl(self.dir / "history.jsonl",
+                 {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
+    path = self.dir / "callbacks.json"
+    states = json.loads(path.read_text()) if path.exists() else {}
+    states[str(epoch)] = self.state_fn()
+    atomic_write_text(path, json.dumps(states))
+
+  def on_train_end(self, logs=None):
+    self.event({"event": "end",
+                "optimizer_iterations": int(self.model.optimizer.iterations.numpy())})
 
 
 def datasets(cfg: ExperimentConfig, spec, input_context=None):
+  """The finite (train, valid) datasets of one input pipeline (benchmarks, notebooks)."""
   d = cfg.data
   common = dict(shuffle_buffer=d.shuffle_buffer, seed=cfg.train.seed,
                 deterministic=d.deterministic, compression=d.compression,
@@ -65,42 +242,188 @@ def describe(model, cfg: ExperimentConfig) -> dict:
           "num_fields": len(model.spec.features), "embedding_dim": cfg.model.embedding_dim}
 
 
-def train(cfg: ExperimentConfig, overwrite: bool = False) -> dict:
-  """Trains (or resumes) the experiment; returns the history and model description."""
+def validation_batch_size(records: int, global_batch: int, replicas: int) -> int:
+  """The validation batch: `global_batch`, or the nearest smaller multiple of `replicas`
+  whose last batch still gives every replica at least one record (the ranker's
+  per-replica mean losses are NaN on an empty batch)."""
+  batch = global_batch
+  while replicas > 1 and batch > replicas and 0 < records % batch < replicas:
+    batch -= replicas
+  return batch
+
+
+def _inputs(cfg: ExperimentConfig, spec, strategy, global_batch: int, start_step: int,
+            counts: list[int], count_cache: Optional[str]):
+  """(train input, validation input) for `fit` under `strategy`.
+
+  Training: synchronous strategies get a ``distribute_datasets_from_function`` input, so
+  each input pipeline (one per worker) reads its own shards and parses its own batches;
+  parameter servers get a DatasetCreator (one stream per worker). Validation: the whole
+  split in global batches, which Keras splits across the replicas (auto-sharding off:
+  with multi_worker_mirrored every worker evaluates every batch, so no worker runs out
+  of data early and sees an empty batch; metric values are unaffected).
+  """
+  d = cfg.data
+  common = dict(shuffle_buffer=d.shuffle_buffer, seed=cfg.train.seed,
+                deterministic=d.deterministic, compression=d.compression,
+                cycle_length=d.cycle_length)
+  is_ps = distribute.is_parameter_server(strategy)
+
+  def train_fn(ctx: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+    batch = ctx.get_per_replica_batch_size(global_batch) if ctx else global_batch
+    return data_lib.train_stream(d.train, spec, batch, key="data.train", input_context=ctx,
+                                 start_step=0 if is_ps else start_step, counts=counts,
+                                 count_cache=count_cache, per_worker_seed=is_ps, check=False,
+                                 **common)
+
+  valid = None
+  if d.valid:
+    valid_files = data_lib.list_files(d.valid, "data.valid")
+    data_lib.check_records(valid_files, spec, "data.valid", d.compression)
+    records = sum(data_lib.count_records(valid_files, d.compression, count_cache))
+    batch = validation_batch_size(records, global_batch, strategy.num_replicas_in_sync)
+    valid = data_lib.make_dataset(d.valid, spec, batch, training=False, key="data.valid",
+                                  check=False, **common)
+  if cfg.distribution.strategy == "default":
+    return train_fn(), valid
+  if is_ps:
+    return tf.keras.utils.experimental.DatasetCreator(train_fn, distribute.input_options()), valid
+  return strategy.distribute_datasets_from_function(train_fn, distribute.input_options()), valid
+
+
+def _clear_run(model_dir: pathlib.Path) -> None:
+  """--overwrite: forget a previous run (backup, checkpoints, logs, state)."""
+  for name in (BACKUP_SUBDIR, task.CKPT_SUBDIR):
+    shutil.rmtree(model_dir / name, ignore_errors=True)
+  for name in ("progress.jsonl", "history.jsonl", "callbacks.json", "train_state.json"):
+    try:
+      (model_dir / name).unlink()
+    except FileNotFoundError:
+      pass
+
+
+def _merged_history(model_dir: pathlib.Path, fallback: dict, epochs_done: int) -> dict:
+  """Per-epoch metrics over all runs of this model_dir (a later run's epoch wins)."""
+  by_epoch = {}
+  for rec in read_jsonl(model_dir / "history.jsonl"):
+    by_epoch[int(rec.pop("epoch"))] = rec
+  if not by_epoch:
+    return fallback
+  hist: dict[str, list[float]] = {}
+  for epoch in sorted(e for e in by_epoch if e < epochs_done):
+    for k, v in by_epoch[epoch].items():
+      hist.setdefault(k, []).append(float(v))
+  return hist
+
+
+def train(cfg: ExperimentConfig, overwrite: bool = False,
+          callbacks: Optional[list] = None) -> dict:
+  """Trains (or resumes) the experiment; returns the history and model description.
+
+  `callbacks` are extra Keras callbacks (tests, notebooks). On a parameter-server worker
+  or ps task (TF_CONFIG) this runs the task's server and does not return.
+  """
+  dist = cfg.distribution
+  distribute.configure_devices(dist)
+  if distribute.serve_if_server_task(dist):
+    return {"completed": True, "server": True}
+  strategy = distribute.make_strategy(dist)
   tf.keras.utils.set_random_seed(cfg.train.seed)
+  chief = distribute.is_chief(strategy)
   model_dir = pathlib.Path(cfg.train.model_dir)
   state_file = model_dir / "train_state.json"
-  if state_file.exists() and not overwrite:
+  if overwrite:
+    _clear_run(model_dir)
+  elif state_file.exists():
     state = json.loads(state_file.read_text())
     if state.get("completed"):
       print(f"{model_dir}: training already completed ({state['epochs_run']} epochs); "
             "pass --overwrite to train again")
       return state
   model_dir.mkdir(parents=True, exist_ok=True)
-  save_config(cfg, str(model_dir / "config.yaml"))
-  spec, model = task.build(cfg)
+  if chief:
+    atomic_write_text(model_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+  is_ps = distribute.is_parameter_server(strategy)
+  replicas = strategy.num_replicas_in_sync
+  global_batch = distribute.global_batch_size(dist, cfg.data.batch_size, replicas)
+  lr, lr_factor = distribute.learning_rate(dist, cfg.train.learning_rate, global_batch,
+                                           cfg.data.batch_size)
+  with strategy.scope(), distribute.variable_names():
+    spec, model = task.build(cfg)
+    optimizer = make_optimizer(cfg, lr, distributed=dist.strategy != "default")
+    compile_kwargs = {"steps_per_execution": dist.steps_per_execution}
+    if is_ps and cfg.data.valid:
+      compile_kwargs["pss_evaluation_shards"] = "auto"
+    model.compile(optimizer=optimizer, **compile_kwargs)
   info = describe(model, cfg)
-  print(json.dumps({"backbone": info}))
-  train_ds, valid_ds = datasets(cfg, spec)
-  optimizer = make_optimizer(cfg)
-  model.compile(optimizer=optimizer)
-  manager = task.checkpoint_manager(model, str(model_dir))
-  callbacks = [
-      tf.keras.callbacks.BackupAndRestore(str(model_dir / "backup"),
-                                          save_freq=cfg.train.checkpoint_every_steps,
-                                          delete_checkpoint=True),
-      BestCheckpoint(manager, "val_click_auc" if valid_ds is not None else "none"),
-      tf.keras.callbacks.TensorBoard(str(model_dir / "logs"), update_freq=100),
-  ]
-  if valid_ds is not None and cfg.train.early_stopping_patience > 0:
-    callbacks.append(tf.keras.callbacks.EarlyStopping(
-        monitor="val_click_auc", mode="max", patience=cfg.train.early_stopping_patience))
+  print(json.dumps({"backbone": info, "distribution": distribute.describe(strategy)}))
+
+  # Training data: an endless stream positioned at the step the backup resumes from.
+  files = data_lib.list_files(cfg.data.train, "data.train")
+  data_lib.check_records(files, spec, "data.train", cfg.data.compression)
+  count_cache = str(model_dir / "record_counts.json") if chief else None
+  counts = data_lib.count_records(files, cfg.data.compression, count_cache)
+  steps_per_epoch = cfg.train.steps_per_epoch or max(1, math.ceil(sum(counts) / global_batch))
+  backup_dir = str(model_dir / BACKUP_SUBDIR)
+  initial_epoch, initial_step = resume_point(backup_dir, steps_per_epoch)
+  start_step = initial_epoch * steps_per_epoch + initial_step
+  train_in, valid_in = _inputs(cfg, spec, strategy, global_batch, start_step, counts,
+                               count_cache)
+
+  # Best weights: every worker saves (reading synchronised variables is collective); only
+  # the chief's copy stays.
+  ckpt = tf.train.Checkpoint(model=model)
+  manager = tf.train.CheckpointManager(ckpt, str(model_dir / task.CKPT_SUBDIR), max_to_keep=2)
+  had_checkpoint = manager.latest_checkpoint is not None     # same answer on every worker
+
+  def save_best(number: int) -> None:
+    if chief:
+      manager.save(checkpoint_number=number)
+      return
+    tmp = distribute.worker_dir(str(model_dir / task.CKPT_SUBDIR), strategy)
+    ckpt.write(os.path.join(tmp, "ckpt"))
+    shutil.rmtree(os.path.dirname(tmp), ignore_errors=True)
+
+  saved_states = {}
+  if start_step and (model_dir / "callbacks.json").exists():
+    saved_states = json.loads((model_dir / "callbacks.json").read_text())
+  resumed = saved_states.get(str(initial_epoch - 1), {})
+  monitor = "val_click_auc" if valid_in is not None else "none"
+  best = BestCheckpoint(save_best, monitor, resumed.get("best_checkpoint", -math.inf))
+  early = None
+  if valid_in is not None and cfg.train.early_stopping_patience > 0:
+    early = ResumableEarlyStopping(resumed.get("early_stopping"), monitor="val_click_auc",
+                                   mode="max", patience=cfg.train.early_stopping_patience)
+
+  def callback_state() -> dict:
+    out = {"best_checkpoint": best.best}
+    if early is not None:
+      out["early_stopping"] = early.state()
+    return out
+
+  records_per_step = global_batch if not is_ps else cfg.data.batch_size
+  log = RunLog(model_dir, {
+      "resume_epoch": initial_epoch, "resume_step_in_epoch": initial_step,
+      "resume_global_step": start_step, "steps_per_epoch": steps_per_epoch,
+      "global_batch": global_batch, "records_skipped": start_step * records_per_step,
+      "strategy": dist.strategy, "replicas": replicas}, chief, callback_state)
+  backup = ResumableBackup(backup_dir, cfg.train.checkpoint_every_steps, steps_per_epoch,
+                           coordinator=distribute.coordinator(strategy),
+                           on_backup=lambda step: log.event({"event": "backup",
+                                                             "global_step": step}))
+  # Order matters: at an epoch end, the best checkpoint and the logs are written before
+  # the backup that moves the resume point past this epoch.
+  cbs = [best] + ([early] if early else []) + [log, backup]
+  cbs.append(tf.keras.callbacks.TensorBoard(str(model_dir / "logs"),
+                                            update_freq="epoch" if is_ps else 100))
+  cbs += list(callbacks or [])
+  verbose = 2 if is_ps and cfg.train.verbose == 1 else cfg.train.verbose
   start = time.time()
 
   def fit():
-    return model.fit(train_ds, validation_data=valid_ds, epochs=cfg.train.epochs,
-                     steps_per_epoch=cfg.train.steps_per_epoch or None,
-                     callbacks=callbacks, verbose=cfg.train.verbose)
+    return model.fit(train_in, validation_data=valid_in, epochs=cfg.train.epochs,
+                     steps_per_epoch=steps_per_epoch, callbacks=cbs, verbose=verbose)
 
   try:
     history = task.data_errors(fit)
@@ -111,23 +434,37 @@ def train(cfg: ExperimentConfig, overwrite: bool = False) -> dict:
         bad = data_lib.find_corrupt_shard(data_lib.list_files(pattern, key),
                                           cfg.data.compression)
     raise DataError(f"{bad}: {e}" if bad else str(e)) from None
-  if not manager.latest_checkpoint:
-    manager.save()
+  if not had_checkpoint and not best.saves:
+    save_best(cfg.train.epochs)
+  epochs_done = initial_epoch + len(next(iter(history.history.values()), []))
   hist = {k: [float(x) for x in v] for k, v in history.history.items()}
+  hist = _merged_history(model_dir, hist, epochs_done) if chief else hist
   state = {"completed": True, "epochs_run": len(next(iter(hist.values()), [])),
            "seconds": round(time.time() - start, 1), "history": hist, "backbone": info,
-           "checkpoint": manager.latest_checkpoint}
-  state_file.write_text(json.dumps(state, indent=2))
+           "checkpoint": manager.latest_checkpoint if chief else None,
+           "steps_per_epoch": steps_per_epoch, "resumed_from_step": start_step,
+           "optimizer_iterations": int(model.optimizer.iterations.numpy()),
+           "distribution": {**distribute.describe(strategy), "global_batch": global_batch,
+                            "per_replica_batch": global_batch // replicas,
+                            "learning_rate_factor": lr_factor,
+                            "embedding_shards": {k: v["shards"] for k, v in
+                                                 distribute.shard_report(model).items()},
+                            "sparse_gradients": dict(getattr(optimizer, "sparse_report", {}))}}
+  if chief:
+    atomic_write_text(state_file, json.dumps(state, indent=2))
+    shutil.rmtree(backup_dir, ignore_errors=True)   # only once the state says "completed"
   return state
 
 
 def main(argv: list[str], prog: str = "ssr_tf train") -> int:
   p = task.config_parser(prog, "Train a ranking model from an experiment config.")
   p.add_argument("--overwrite", action="store_true",
-                 help="train again even if model_dir holds a completed run")
+                 help="train again from scratch even if model_dir holds a run")
   args = p.parse_args(argv)
   cfg = task.config_from_args(args)
   state = train(cfg, overwrite=args.overwrite)
+  if state.get("server"):
+    return 0
   last = {k: v[-1] for k, v in state.get("history", {}).items()}
   print(json.dumps({"model_dir": cfg.train.model_dir, "epochs_run": state["epochs_run"],
                     "seconds": state.get("seconds"), "final": last,
