@@ -1,0 +1,126 @@
+"""Training callbacks: ICS sparsity per SSR layer, logged to TensorBoard (Figure 5).
+
+sparsity_l = mean_{batch, view, dim} [h_l == 0];  magnitude_l = mean |h_l| over nonzeros,
+where h_l = ICS_l(x_l W_l^proj) is SSR layer l's filtered view tensor on a fixed probe batch.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import tensorflow as tf
+
+from ssr_tf.layers.ssr import SSRLayer
+
+
+def ssr_layers(model: tf.keras.Model) -> list[SSRLayer]:
+  """The model's SSR layers in creation (= forward) order."""
+  return [m for m in model.submodules if isinstance(m, SSRLayer)]
+
+
+def filtered_views(model: tf.keras.Model, features: dict) -> list[tf.Tensor]:
+  """Each SSR layer's filter output h ``[batch, views, filtered_dim]`` for `features`.
+
+  Runs the model eagerly once (inference mode) while each layer's ``filter_views`` is
+  wrapped to record its result, so residual wiring and memories in between are exactly
+  what the model computes. Returns [] for models without SSR layers.
+  """
+  layers = ssr_layers(model)
+  if not layers:
+    return []
+  recorded: dict[int, tf.Tensor] = {}
+
+  def recorder(i: int, layer: SSRLayer):
+    original = type(layer).filter_views.__get__(layer)
+
+    def wrapped(x, training=None):
+      h = original(x, training=training)
+      recorded[i] = h
+      return h
+    return wrapped
+
+  for i, layer in enumerate(layers):
+    object.__setattr__(layer, "filter_views", recorder(i, layer))
+  try:
+    model(features, training=False)
+  finally:
+    for layer in layers:
+      object.__delattr__(layer, "filter_views")
+  return [recorded[i] for i in sorted(recorded)]
+
+
+def sparsity_stats(views: list[tf.Tensor]) -> list[dict[str, float]]:
+  """[{"sparsity": share of zeros, "magnitude": mean |h| over nonzeros}] per layer."""
+  out = []
+  for h in views:
+    h = tf.cast(h, tf.float32)
+    nonzero = tf.cast(tf.not_equal(h, 0.0), tf.float32)
+    count = tf.maximum(tf.reduce_sum(nonzero), 1.0)
+    out.append({"sparsity": float(1.0 - tf.reduce_mean(nonzero)),
+                "magnitude": float(tf.reduce_sum(tf.abs(h)) / count)})
+  return out
+
+
+class ICSSparsityLogger(tf.keras.callbacks.Callback):
+  """Logs ``ics/sparsity/layer_<l>`` and ``ics/magnitude/layer_<l>`` to TensorBoard.
+
+  Every `every_n_steps` training steps (and at each epoch end) the model scores the fixed
+  `probe` feature batch eagerly and records the share of exact zeros in each SSR layer's
+  filtered views and their mean nonzero magnitude. Does nothing for models without SSR
+  layers. A probe of 1024 rows costs about one inference step.
+
+  Example:
+    >>> features = next(iter(train_ds))[0]
+    >>> cb = ICSSparsityLogger(model_dir + "/logs/ics", features, every_n_steps=100)
+
+  Args:
+    log_dir: TensorBoard folder (a writer of its own; e.g. model_dir/logs/ics).
+    probe: one batch of model inputs (feature dict), e.g. the first training batch.
+    every_n_steps: training steps between measurements (>= 1).
+    max_probe_rows: rows of `probe` used (bounds the cost).
+  """
+
+  def __init__(self, log_dir: str, probe: dict, every_n_steps: int = 100,
+               max_probe_rows: int = 1024):
+    super().__init__()
+    if every_n_steps < 1:
+      raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+    self.log_dir = log_dir
+    self.probe = {k: v[:max_probe_rows] for k, v in probe.items()}
+    self.every_n_steps = int(every_n_steps)
+    self.step = 0
+    self.history: list[tuple[int, list[dict[str, float]]]] = []
+    self._writer: Optional[tf.summary.SummaryWriter] = None
+
+  def _measure(self) -> None:
+    stats = sparsity_stats(filtered_views(self.model, self.probe))
+    if not stats:
+      return
+    if self._writer is None:
+      self._writer = tf.summary.create_file_writer(self.log_dir)
+    with self._writer.as_default():
+      for l, s in enumerate(stats):
+        tf.summary.scalar(f"ics/sparsity/layer_{l}", s["sparsity"], step=self.step)
+        tf.summary.scalar(f"ics/magnitude/layer_{l}", s["magnitude"], step=self.step)
+    self._writer.flush()
+    self.history.append((self.step, stats))
+
+  def on_train_begin(self, logs=None):
+    opt = getattr(self.model, "optimizer", None)
+    if opt is not None and hasattr(opt, "iterations"):
+      self.step = int(opt.iterations.numpy())     # resumed runs continue the step axis
+    if not self.history:
+      self._measure()
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.step += 1
+    if self.step % self.every_n_steps == 0:
+      self._measure()
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self.step % self.every_n_steps:
+      self._measure()
+
+  def on_train_end(self, logs=None):
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
