@@ -4,8 +4,8 @@ For each batch B (V=8, D=128, T=5 by default) it times (best of >= 5 runs, media
 full SSR-D layer train step (SSRLayer, d_in=256, d_v=64, E=128) for impl fused / tf / XLA
 (tf under jit_compile), plus fwd+bwd of the SSR-D filter alone (x @ W then ICS). Effective GB/s = tensor bytes that must move / median time:
 forward reads z and writes y (2 * B*V*D*4 bytes); backward also reads z, dy and writes dz
-(+3). `memcpy_gbps` copies the same number of bytes (half read, half written) with numpy in
-the same run (best of 1 and 2 threads); `vs_memcpy` = effective GB/s / memcpy GB/s.
+(+3). `memcpy_gbps` copies the same number of bytes (half read, half written) with numpy,
+timed round robin with the kernels it is compared to (best of 1 and 2 threads); `vs_memcpy` = effective GB/s / memcpy GB/s.
 """
 from __future__ import annotations
 
@@ -28,41 +28,40 @@ from ssr_tf import ops
 from ssr_tf.layers.ics import ics_tf
 
 
-def _time_ms(fn: Callable[[], object], min_time: float, warmup: int = 2,
-             max_iters: int = 500) -> tuple[float, float]:
-  """(best, median) wall time of fn() in ms over >= 5 runs lasting >= min_time s together.
+def _time_group(fns: dict[str, Callable[[], object]], min_time: float, warmup: int = 2,
+                max_rounds: int = 300) -> dict[str, tuple[float, float]]:
+  """{name: (best, median) ms}: the functions run round robin, one call each per round, for
+  >= 5 rounds and >= min_time seconds per function, so load from other users of the shared
+  cores hits all of them alike; the best run is the figure the ratios use."""
+  for fn in fns.values():
+    for _ in range(warmup):
+      fn()
+  times: dict[str, list[float]] = {name: [] for name in fns}
+  spent = 0.0
+  while True:
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+    rounds = len(next(iter(times.values())))
+    spent = min(sum(t) for t in times.values())
+    if rounds >= max_rounds or (rounds >= 5 and spent >= min_time):
+      break
+  return {name: (1e3 * min(t), 1e3 * statistics.median(t)) for name, t in times.items()}
 
-  The 2 cores are shared with other users, so the best run (least interference) is the figure
-  the ratios use; the median shows how noisy the run was.
-  """
-  for _ in range(warmup):
-    fn()
-  times: list[float] = []
-  start = time.perf_counter()
-  while len(times) < 5 or (time.perf_counter() - start < min_time and len(times) < max_iters):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return 1e3 * min(times), 1e3 * statistics.median(times)
 
-
-def memcpy_gbps(nbytes: int, min_time: float) -> dict[str, float]:
-  """GB/s (read + write bytes / s) of copying nbytes/2 bytes, 1 and 2 threads."""
-  n = max(1, nbytes // 8)                      # float32 elements per buffer
+def _memcpy_fns(nbytes: int) -> dict[str, Callable[[], object]]:
+  """Copies of nbytes/2 bytes (so nbytes move: half read, half written), 1 and 2 threads."""
+  n = max(2, nbytes // 8)                      # float32 elements per buffer
   src = np.random.default_rng(0).random(n, dtype=np.float32)
   dst = np.empty_like(src)
-  halves = [(slice(0, n // 2), slice(0, n // 2)), (slice(n // 2, n), slice(n // 2, n))]
+  halves = [slice(0, n // 2), slice(n // 2, n)]
   pool = ThreadPoolExecutor(2)
 
   def two() -> None:
-    list(pool.map(lambda s: np.copyto(dst[s[0]], src[s[1]]), halves))
+    list(pool.map(lambda s: np.copyto(dst[s], src[s]), halves))
 
-  out = {}
-  for name, fn in (("1thread", lambda: np.copyto(dst, src)), ("2threads", two)):
-    ms, _ = _time_ms(fn, min_time)
-    out[name] = 2 * n * 4 / (ms * 1e-3) / 1e9
-  pool.shutdown()
-  return out
+  return {"memcpy_1thread": lambda: np.copyto(dst, src), "memcpy_2threads": two}
 
 
 def _ics_fns(views: int, dim: int, iters: int, batch: int, seed: int):
@@ -158,7 +157,8 @@ def run(batches: list[int], views: int, dim: int, iters: int, d_in: int, view_di
                   .get_intra_op_parallelism_threads() or "default"},
       "shape": {"views": views, "dim": dim, "iters": iters},
       "ssr_layer": {"d_in": d_in, "view_dim": view_dim, "expanded_dim": dim, "mode": "dynamic"},
-      "timing": "ms = best of >= 5 runs (>= min_time s), median_ms alongside; ratios use ms",
+      "timing": ("implementations of a group run round robin, >= 5 rounds and >= min_time s "
+                 "each; ms = best run, median_ms alongside; ratios use ms"),
       "load_avg_start": [round(x, 2) for x in os.getloadavg()],
       "rows": [],
   }
@@ -167,11 +167,13 @@ def run(batches: list[int], views: int, dim: int, iters: int, d_in: int, view_di
     fwd, fwdbwd = _ics_fns(views, dim, iters, b, seed)
     row: dict = {"batch": b}
     for label, fns, nbytes in (("ics_fwd", fwd, 2 * n), ("ics_fwd_bwd", fwdbwd, 5 * n)):
-      mc = memcpy_gbps(nbytes, min_time)
+      timed = _time_group({**fns, **_memcpy_fns(nbytes)}, min_time)
+      mc = {k.split("_", 1)[1]: nbytes / (timed[k][0] * 1e-3) / 1e9
+            for k in ("memcpy_1thread", "memcpy_2threads")}
       best = max(mc.values())
       entry: dict = {"bytes": nbytes, "memcpy_gbps": {k: round(v, 2) for k, v in mc.items()}}
-      for name, fn in fns.items():
-        ms, med = _time_ms(fn, min_time)
+      for name in fns:
+        ms, med = timed[name]
         gbps = nbytes / (ms * 1e-3) / 1e9
         entry[name] = {"ms": round(ms, 3), "median_ms": round(med, 3), "gbps": round(gbps, 2),
                        "vs_memcpy": round(gbps / best, 3)}
@@ -179,20 +181,17 @@ def run(batches: list[int], views: int, dim: int, iters: int, d_in: int, view_di
       entry["fused_speedup_vs_xla"] = round(entry["xla"]["ms"] / entry["fused"]["ms"], 2)
       row[label] = entry
     if ssr:
-      entry = {}
-      for name, fn in _dynamic_view_fns(b, d_in, views, dim, iters, seed).items():
-        ms, med = _time_ms(fn, min_time)
-        entry[name] = {"ms": round(ms, 3), "median_ms": round(med, 3)}
+      timed = _time_group(_dynamic_view_fns(b, d_in, views, dim, iters, seed), min_time)
+      entry = {name: {"ms": round(ms, 3), "median_ms": round(med, 3)}
+               for name, (ms, med) in timed.items()}
       entry["fused_speedup_vs_tf"] = round(entry["tf"]["ms"] / entry["fused"]["ms"], 2)
       row["dynamic_view_fwd_bwd"] = entry
       fns = _ssr_step_fns(b, d_in, views, view_dim, dim, iters, seed)
       if isinstance(fns, str):
         row["ssr_d_train_step"] = {"note": fns}
       else:
-        entry = {}
-        for name, fn in fns.items():
-          ms, med = _time_ms(fn, min_time)
-          entry[name] = {"ms": round(ms, 3), "median_ms": round(med, 3)}
+        entry = {name: {"ms": round(ms, 3), "median_ms": round(med, 3)}
+                 for name, (ms, med) in _time_group(fns, min_time).items()}
         entry["fused_speedup_vs_tf"] = round(entry["tf"]["ms"] / entry["fused"]["ms"], 2)
         entry["fused_speedup_vs_xla"] = round(entry["xla"]["ms"] / entry["fused"]["ms"], 2)
         row["ssr_d_train_step"] = entry
