@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 OUT=demo_out
-ROWS=${DEMO_ROWS:-300000}
+ROWS=${DEMO_ROWS:-600000}
 export TF_CPP_MIN_LOG_LEVEL=2
 quiet() { grep -v -E "cuInit|cuda_|absl::InitializeLog|^WARNING: All log|TF-TRT|rebuild TensorFlow|cpu_feature_guard" || true; }
 step() { printf '\n== %s\n' "$*"; }
