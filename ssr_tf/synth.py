@@ -8,10 +8,14 @@ item quality), gated by a `scene` field: in each scene two components are strong
 rest weak, so which fields matter depends on the context. Many other fields are pure Zipf
 noise. Pay happens only after a click: p_pay = p_click * p_cvr.
 
-With ``--mode saturating`` the signal is spread over many sparse context-dependent
-pairwise interactions among many fields (only a few active per example), a setting
-where dense models saturate while the true signal stays sparse (used by the scaling
-suite).
+With ``--mode saturating`` the click logit also gets R sparse, scene-gated k-way rules
+over the noise fields: rule r fires when scene = s_r and each of its k fields takes a value
+in the rule's "hot" set, adding w_r ~ N(0, sat_weight^2). With the defaults (240 rules,
+k = 3) a rule fires on ~2.6% of its scene's rows and 1.6 rules fire per example on average,
+so the true signal per impression is sparse (3 of 20 noise fields, given the scene) and
+context-dependent while its total complexity (R conjunctions) is large; it lifts the
+oracle click AUC from ~0.82 (base components only) to ~0.89. Used by the scaling suite to
+test, rather than assume, that dense models saturate as they grow.
 """
 from __future__ import annotations
 
@@ -40,6 +44,10 @@ class SynthConfig:
   min_count: int = 5
   history_len: int = 5
   scenes: int = 4
+  sat_rules: int = 240        # saturating mode: number of k-way rules
+  sat_order: int = 3          # saturating mode: fields per rule (k)
+  sat_hot: float = 0.3        # saturating mode: share of a field's values in a hot set
+  sat_weight: float = 1.2     # saturating mode: std of a rule's logit weight
 
 
 def _zipf(rng: np.random.Generator, n: int, vocab: int, a: float = 1.05) -> np.ndarray:
@@ -125,16 +133,25 @@ def generate(cfg: SynthConfig) -> dict[str, np.ndarray]:
 
 
 def _sparse_pair_signal(cols, cfg: SynthConfig, world) -> np.ndarray:
-  """Many weak pairwise interactions between noise fields, each active for a few values."""
+  """Saturating mode: sum_r w_r [scene = s_r] prod_{f in F_r} [x_f in H_{r,f}].
+
+  R rules, each on `sat_order` distinct noise fields and one scene, with hot sets H of
+  `sat_hot` of the field's values (Zipf-weighted, so a rule fires on roughly
+  sat_hot^k / scenes of the rows).
+  """
   names = [f"noise_{j}" for j in range(cfg.noise_fields)]
+  if not names:
+    return np.zeros(len(cols["user_id"]))
+  k = min(cfg.sat_order, len(names))
   total = np.zeros(len(cols["user_id"]))
-  for a in range(len(names)):
-    for b in range(a + 1, len(names)):
-      if world.random() > 0.3:
-        continue
-      hot_a = world.random(cfg.noise_vocab) < 0.05
-      hot_b = world.random(cfg.noise_vocab) < 0.05
-      total += world.normal(0, 0.8) * (hot_a[cols[names[a]]] & hot_b[cols[names[b]]])
+  for _ in range(cfg.sat_rules):
+    fields = world.choice(len(names), size=k, replace=False)
+    scene = world.integers(0, cfg.scenes)
+    fire = cols["scene"] == scene
+    for f in fields:
+      hot = world.random(cfg.noise_vocab) < cfg.sat_hot
+      fire &= hot[cols[names[f]]]
+    total += world.normal(0, cfg.sat_weight) * fire
   return total
 
 
@@ -241,11 +258,16 @@ def main(argv: list[str], prog: str = "ssr_tf data synth") -> int:
   p.add_argument("--shards", type=int, default=SynthConfig.shards)
   p.add_argument("--mode", choices=["default", "saturating"], default="default")
   p.add_argument("--noise_fields", type=int, default=SynthConfig.noise_fields)
+  p.add_argument("--sat_rules", type=int, default=SynthConfig.sat_rules,
+                 help="saturating mode: number of sparse scene-gated k-way rules")
+  p.add_argument("--sat_order", type=int, default=SynthConfig.sat_order,
+                 help="saturating mode: fields per rule")
   args = p.parse_args(argv)
   if args.rows < 10:
     p.error("--rows must be >= 10")
   cfg = SynthConfig(rows=args.rows, seed=args.seed, shards=args.shards, mode=args.mode,
-                    noise_fields=args.noise_fields)
+                    noise_fields=args.noise_fields, sat_rules=args.sat_rules,
+                    sat_order=args.sat_order)
   stats = write(cfg, args.output)
   print(json.dumps({"output": args.output, **stats}, indent=2))
   return 0
