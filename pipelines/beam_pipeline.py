@@ -125,13 +125,12 @@ class _ProcessChunk:
           t[s] += n
     for key, t in per_value.items():
       yield beam.pvalue.TaggedOutput("counts", (key, tuple(t)))
-    for i, h in acc.hist.items():
-      for q, n in h.items():
+    for i in acc.hist:
+      for q, n in acc.cells(i).items():
         yield beam.pvalue.TaggedOutput("hist", ((i, q), n))
     for b in bad:
       yield beam.pvalue.TaggedOutput("bad", b)
-    acc.counts = [{} for _ in SPLITS]
-    acc.hist = {i: {} for i in acc.hist}
+    acc.clear_counts()
     yield beam.pvalue.TaggedOutput("acc", acc)
 
 
@@ -147,12 +146,13 @@ def _pieces(item: tuple, offsets: dict, shard_size: int) -> Iterator:
     j += take
 
 
-def _write_shard(item: tuple, out_dir: str, compression: str) -> str:
+def _write_shard(item: tuple, out_dir: str, compression: str, gzip_level: int) -> str:
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   (s, shard), pieces = item
   path = os.path.join(out_dir, outputs.shard_name(SPLITS[s], shard, compression))
   tf.io.gfile.makedirs(os.path.dirname(path))
-  with tf.io.TFRecordWriter(path, options=compression or None) as w:
+  with tf.io.TFRecordWriter(path, options=outputs.record_options(compression,
+                                                                 gzip_level)) as w:
     for _, recs in sorted(pieces, key=lambda p: p[0]):
       for r in recs:
         w.write(r)
@@ -244,7 +244,7 @@ def build(p, plan: sources.Plan, chunk_list: list, out_dir: str) -> None:
   _ = (parts.records
        | "Pieces" >> beam.FlatMap(_pieces, side(offsets), o.shard_size)
        | "ByShard" >> beam.GroupByKey()
-       | "WriteShards" >> beam.Map(_write_shard, out_dir, o.compression))
+       | "WriteShards" >> beam.Map(_write_shard, out_dir, o.compression, o.gzip_level))
   vparts = (parts.counts | "SumValues" >> beam.CombinePerKey(_sum_tuples)
             | "Vocab" >> beam.FlatMap(_vocab_parts, plan).with_outputs("vocab", main="fsum"))
   _ = (vparts.vocab | "VocabByFeature" >> beam.GroupByKey()
@@ -276,12 +276,12 @@ def run(plan: sources.Plan, out_dir: str, runner: str = "DirectRunner",
         chunk_bytes: int = 64 << 20) -> dict:
   """Converts `plan`'s inputs with Beam `runner`; returns the stats (also in stats.json)."""
   beam = _import_beam()
-  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
+  options = beam.options.pipeline_options.PipelineOptions(list(beam_args or []),
+                                                          runner=runner)
   tmp = local.prepare_output(out_dir, overwrite)
   try:
     os.makedirs(os.path.join(tmp, "_beam"))
     chunk_list = sources.chunks(plan, chunk_bytes)
-    options = PipelineOptions(list(beam_args or []), runner=runner)
     with beam.Pipeline(options=options) as p:
       build(p, plan, chunk_list, tmp)
     stats = _finish(plan, tmp, out_dir)
@@ -316,7 +316,8 @@ def _finish(plan: sources.Plan, tmp: str, out_dir: str) -> dict:
     first = os.path.join(tmp, outputs.shard_name(s, 0, o.compression))
     if not os.path.exists(first):
       tf.io.gfile.makedirs(os.path.dirname(first))
-      tf.io.TFRecordWriter(first, options=o.compression or None).close()
+      tf.io.TFRecordWriter(first, options=outputs.record_options(o.compression,
+                                                                 o.gzip_level)).close()
   fsum = dict(_load(os.path.join(meta, "fsum.pkl")))
   bounds = dict(_load(os.path.join(meta, "bounds.pkl")))
   summaries = {}

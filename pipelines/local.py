@@ -22,11 +22,13 @@ from ssr_tf.pipelines.transforms import SPLITS
 class ShardWriter:
   """Writes one split's records into part-00000, part-00001, ... of shard_size records."""
 
-  def __init__(self, out_dir: str, split: str, shard_size: int, compression: str):
+  def __init__(self, out_dir: str, split: str, shard_size: int, compression: str,
+               gzip_level: int = 6):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     self._tf = tf
     self.out_dir, self.split = out_dir, split
     self.shard_size, self.compression = shard_size, compression
+    self.options = outputs.record_options(compression, gzip_level)
     self.index, self.in_shard, self.rows = 0, 0, 0
     tf.io.gfile.makedirs(os.path.join(out_dir, split))
     self._w = self._open()
@@ -34,7 +36,7 @@ class ShardWriter:
   def _open(self):
     path = os.path.join(self.out_dir, outputs.shard_name(self.split, self.index,
                                                          self.compression))
-    return self._tf.io.TFRecordWriter(path, options=self.compression or None)
+    return self._tf.io.TFRecordWriter(path, options=self.options)
 
   def write(self, record: bytes) -> None:
     if self.in_shard == self.shard_size:
@@ -127,7 +129,8 @@ def run(plan: sources.Plan, out_dir: str, overwrite: bool = False, progress: boo
 def _convert(plan: sources.Plan, out_dir: str, final_dir: str, progress: bool,
              every: float) -> dict:
   o = plan.options
-  writers = [ShardWriter(out_dir, s, o.shard_size, o.compression) for s in SPLITS]
+  writers = [ShardWriter(out_dir, s, o.shard_size, o.compression, o.gzip_level)
+             for s in SPLITS]
   acc = transforms.Accumulator(plan.schema)
   encoder = transforms.ExampleEncoder(plan.schema.fields)
   bad: list[str] = []

@@ -31,6 +31,14 @@ def shard_name(split: str, index: int, compression: str) -> str:
   return f"{split}/part-{index:05d}.tfrecord" + (".gz" if compression == "GZIP" else "")
 
 
+def record_options(compression: str, gzip_level: int):
+  """tf.io.TFRecordOptions of the shards (same in every runner, so the bytes agree)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  if compression != "GZIP":
+    return tf.io.TFRecordOptions(compression_type="")
+  return tf.io.TFRecordOptions(compression_type="GZIP", compression_level=gzip_level)
+
+
 def shard_count(rows: int, shard_size: int) -> int:
   """Shards of a split: ceil(rows / shard_size), and one (empty) shard for no rows."""
   return max(1, -(-rows // shard_size))
@@ -84,11 +92,12 @@ def num_buckets_of(f: OutField, plan: Plan) -> int:
 def summarize_local(plan: Plan, acc: transforms.Accumulator, out_dir: str
                     ) -> dict[str, FeatureSummary]:
   """Vocabulary files, boundaries and OOV counts from an in-memory Accumulator."""
+  acc.flush()
   out = {}
   for i, f in enumerate(plan.schema.fields):
     if f.kind == "numeric":
       out[f.name] = FeatureSummary(
-          boundaries=transforms.boundaries_from_hist(acc.hist[i], num_buckets_of(f, plan)))
+          boundaries=transforms.boundaries_from_hist(acc.cells(i), num_buckets_of(f, plan)))
     elif f.kind in ("categorical", "multi_categorical"):
       mc = min_count_of(f, plan)
       entries = [(v, n) for v, n in transforms.sorted_vocab(acc.counts[0][i]) if writable(v)]

@@ -56,6 +56,7 @@ class Options:
     max_len: values kept per multi-valued field (the first ones).
     shard_size: records per output shard.
     compression: "GZIP" or "" for the output shards.
+    gzip_level: zlib level of GZIP shards (1 fastest .. 9 smallest).
     skip_bad_rows: bad rows to skip (and report) before failing.
     batch_size: data.batch_size of the written config.yaml.
     epochs: train.epochs of the written config.yaml.
@@ -65,6 +66,7 @@ class Options:
   max_len: int = 50
   shard_size: int = 200_000
   compression: str = "GZIP"
+  gzip_level: int = 6
   skip_bad_rows: int = 0
   batch_size: int = 1024
   epochs: int = 1
@@ -183,6 +185,7 @@ def process(plan: Plan, file_index: int, lines, first_row: int, acc: transforms.
     acc.add(s, values)
     emit(s, encoder.encode(values))
     row += 1
+  acc.flush()
   return row
 
 

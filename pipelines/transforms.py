@@ -17,10 +17,19 @@ import dataclasses
 import math
 import struct
 from fractions import Fraction
+from itertools import chain
+from operator import itemgetter
 from typing import Any, Sequence
 
 from ssr_tf.errors import ConfigError
 from ssr_tf.pipelines.schema import OutField, Schema
+
+try:
+  from collections import _count_elements  # the C counting loop of Counter.update
+except ImportError:  # pragma: no cover  (other Python implementations)
+  def _count_elements(mapping, iterable):
+    for x in iterable:
+      mapping[x] = mapping.get(x, 0) + 1
 
 SPLITS = ("train", "valid", "test")
 GRID = 10_000           # numeric histogram cells per unit of log1p
@@ -134,8 +143,12 @@ def signed_log1p(v: float) -> float:
 
 
 def grid_cell(v: float) -> int:
-  """Histogram cell of raw value `v` (its signed log1p on a 1/GRID grid)."""
-  return math.floor(math.copysign(math.log1p(abs(v)), v) * GRID + 0.5)
+  """Histogram cell of raw value `v` (its signed log1p on a 1/GRID grid); +-inf get cells
+  beyond every finite value's."""
+  t = math.copysign(math.log1p(abs(v)), v)
+  if math.isinf(t):
+    return int(math.copysign(8_000_000, t))
+  return math.floor(t * GRID + 0.5)
 
 
 def boundaries_from_hist(hist: dict[int, int], num_buckets: int) -> list[float]:
@@ -216,17 +229,20 @@ def _f32(v: float) -> bytes:
 
 
 class ExampleEncoder:
-  """Serializes a row (values in schema order) to a tf.Example, keys in schema order.
+  """Serializes a row (values in schema order) to a tf.Example: the single float features
+  first (packed in one struct call), then the others in schema order.
 
   Byte layout: Example{1: Features{1: map entry{1: key, 2: Feature}}}; Feature holds
   bytes_list (1), float_list (2, packed) or int64_list (3, packed).
   """
 
   def __init__(self, fields: Sequence[OutField]):
-    self._encs = []
-    for f in fields:
+    self._fields = list(fields)
+    self._encs, self._prefix = [], {}
+    for i, f in enumerate(fields):
       head = b"\x0a" + _vlen(len(f.name.encode())) + f.name.encode() + b"\x12"
       if f.dtype == "float32":
+        self._prefix[i] = self._entry(head, b"\x12\x06\x0a\x04" + b"\0\0\0\0")[:-4]
         self._encs.append(self._float(head))
       elif f.kind == "multi_categorical":
         self._encs.append(self._ints(head) if f.dtype == "int64" else self._strs(head))
@@ -234,6 +250,7 @@ class ExampleEncoder:
         self._encs.append(self._int(head))
       else:
         self._encs.append(self._str(head))
+    self._encode = self._compile(fields)
 
   @staticmethod
   def _entry(head: bytes, feature: bytes) -> bytes:
@@ -254,9 +271,17 @@ class ExampleEncoder:
 
   def _str(self, head: bytes):
     entry = self._entry
+    prefixes: dict[int, bytes] = {}    # the bytes before the value depend on its length only
 
     def enc(v: str) -> bytes:
-      return entry(head, _ld(b"\x0a", _ld(b"\x0a", v.encode())))
+      b = v.encode()
+      n = len(b)
+      prefix = prefixes.get(n)
+      if prefix is None:
+        prefix = prefixes[n] = entry(head, _ld(b"\x0a", _ld(b"\x0a", b)))[:-n or None]
+        if n == 0:
+          prefix = prefixes[n] = entry(head, _ld(b"\x0a", _ld(b"\x0a", b)))
+      return prefix + b
     return enc
 
   def _ints(self, head: bytes):
@@ -275,22 +300,71 @@ class ExampleEncoder:
     return enc
 
   def encode(self, values: Sequence[Any]) -> bytes:
-    return _ld(b"\x0a", b"".join([e(v) for e, v in zip(self._encs, values)]))
+    """Serialized tf.Example of one row (single floats first, in one struct.pack)."""
+    return self._encode(values)
+
+  def _compile(self, fields: Sequence[OutField]):
+    env: dict[str, Any] = {"_ld": _ld, "_slow": self._slow_floats}
+    floats = [i for i, f in enumerate(fields)
+              if f.dtype == "float32" and f.kind != "multi_categorical"]
+    others = [i for i in range(len(fields)) if i not in floats]
+    parts = []
+    if floats:
+      fmt = "<"
+      args = []
+      for i in floats:
+        prefix = self._prefix[i]
+        env[f"P{i}"] = prefix
+        fmt += f"{len(prefix)}sf"
+        args += [f"P{i}", f"v[{i}]"]
+      env["_S"] = struct.Struct(fmt).pack
+      parts.append("_f")
+      head = (f"  try:\n    _f = _S({', '.join(args)})\n"
+              f"  except OverflowError:\n    _f = _slow(v)\n")
+    else:
+      head = ""
+    for i in others:
+      env[f"E{i}"] = self._encs[i]
+      parts.append(f"E{i}(v[{i}])")
+    src = (f"def encode(v):\n{head}  return _ld(b'\\x0a', b''.join(("
+           + ", ".join(parts) + ",)))\n")
+    exec(compile(src, "<example encoder>", "exec"), env)  # pylint: disable=exec-used
+    self._floats = floats
+    return env["encode"]
+
+  def _slow_floats(self, v: Sequence[Any]) -> bytes:
+    return b"".join(self._prefix[i] + _f32(v[i]) for i in self._floats)
+
+  def __getstate__(self):
+    return {"fields": self._fields}
+
+  def __setstate__(self, state):
+    self.__init__(state["fields"])
 
 
 # ---------------------------------------------------------------------------------------
 # Statistics (mergeable: the Beam runner adds up per-chunk accumulators).
 
 
+RAW_CAP = 20_000      # distinct raw values of a numeric kept before folding into grid cells
+FLUSH_ROWS = 4096     # rows buffered per split before they are counted
+
+
 class Accumulator:
   """Counts of one stream of rows: rows and positives per split, per feature missing
   values, value counts per split (vocabularies, OOV rates), train numeric histograms and
-  longest train sequence. Memory: distinct values and grid cells, not rows."""
+  longest train sequence. Memory: distinct values and grid cells, not rows.
+
+  `add` buffers rows; every FLUSH_ROWS rows of a split are counted column by column with
+  C-level counting (collections' _count_elements). Numeric values are counted raw (cheap
+  for integer-valued columns) until a feature has RAW_CAP distinct ones, then folded into
+  grid cells; `cells(i)` is the same either way. Call `flush()` before reading counts
+  (merge, cells and pickling do it).
+  """
 
   def __init__(self, schema: Schema):
     fields = schema.fields
     self.names = [f.name for f in fields]
-    self.kinds = [f.kind for f in fields]
     self.tasks = list(schema.labels)
     self._label_idx = [self.names.index(schema.labels[t]) for t in self.tasks]
     self._cat = [(i, -1 if f.dtype == "int64" else "") for i, f in enumerate(fields)
@@ -305,45 +379,79 @@ class Accumulator:
     self.counts: list[dict[int, dict]] = [{i: {} for i, _ in self._cat}
                                           | {i: {} for i in self._multi} for _ in SPLITS]
     self.hist: dict[int, dict[int, int]] = {i: {} for i in self._num}
+    self.raw: dict[int, dict[float, int]] = {i: {} for i in self._num}
     self.max_len = {i: 0 for i in self._multi}
     self.bad = 0
+    self._buf: list[list] = [[], [], []]
+
+  def __getstate__(self):
+    self.flush()
+    return dict(self.__dict__)
 
   def add(self, s: int, v: Sequence[Any]) -> None:
-    """Counts row values `v` (schema order) into split `s`."""
-    self.rows[s] += 1
-    pos = self.positives[s]
+    """Counts row values `v` (schema order) into split `s` (buffered)."""
+    buf = self._buf[s]
+    buf.append(v)
+    if len(buf) >= FLUSH_ROWS:
+      self._flush(s)
+
+  def flush(self) -> None:
+    for s in range(3):
+      if self._buf[s]:
+        self._flush(s)
+
+  def _flush(self, s: int) -> None:
+    rows, self._buf[s] = self._buf[s], []
+    self.rows[s] += len(rows)
+    miss = self.missing[s]
     for k, i in enumerate(self._label_idx):
-      if v[i] == 1.0:
-        pos[k] += 1
-    miss, counts = self.missing[s], self.counts[s]
+      self.positives[s][k] += int(sum(map(itemgetter(i), rows)))
     for i, mv in self._cat:
-      x = v[i]
-      if x == mv:
-        miss[i] += 1
-      else:
-        c = counts[i]
-        c[x] = c.get(x, 0) + 1
+      c = self.counts[s][i]
+      _count_elements(c, map(itemgetter(i), rows))
+      miss[i] += c.pop(mv, 0)
     for i in self._multi:
-      seq = v[i]
-      if not seq:
-        miss[i] += 1
-        continue
-      self.values[s][i] += len(seq)
-      c = counts[i]
-      for x in seq:
-        c[x] = c.get(x, 0) + 1
-      if s == 0 and len(seq) > self.max_len[i]:
-        self.max_len[i] = len(seq)
+      seqs = list(map(itemgetter(i), rows))
+      lens = list(map(len, seqs))
+      miss[i] += lens.count(0)
+      self.values[s][i] += sum(lens)
+      _count_elements(self.counts[s][i], chain.from_iterable(seqs))
+      if s == 0:
+        self.max_len[i] = max(self.max_len[i], max(lens))
     for i in self._num:
-      x = v[i]
-      if x != x:
-        miss[i] += 1
-      elif s == 0:
-        h = self.hist[i]
-        q = grid_cell(x)
-        h[q] = h.get(q, 0) + 1
+      col: dict = {}
+      _count_elements(col, map(itemgetter(i), rows))
+      nan = [x for x in col if x != x]
+      for x in nan:
+        miss[i] += col.pop(x)
+      if s != 0:
+        continue
+      r = self.raw[i]
+      for x, n in col.items():
+        r[x] = r.get(x, 0) + n
+      if len(r) > RAW_CAP:
+        self.fold(i)
+
+  def fold(self, i: int) -> None:
+    """Moves numeric feature i's raw value counts into grid cells."""
+    h = self.hist[i]
+    for x, n in self.raw[i].items():
+      q = grid_cell(x)
+      h[q] = h.get(q, 0) + n
+    self.raw[i].clear()
+
+  def cells(self, i: int) -> dict[int, int]:
+    """Grid-cell histogram of numeric feature i over the training split."""
+    self.flush()
+    out = dict(self.hist[i])
+    for x, n in self.raw[i].items():
+      q = grid_cell(x)
+      out[q] = out.get(q, 0) + n
+    return out
 
   def merge(self, other: "Accumulator") -> "Accumulator":
+    self.flush()
+    other.flush()
     for s in range(3):
       self.rows[s] += other.rows[s]
       for k in range(len(self.tasks)):
@@ -355,11 +463,24 @@ class Accumulator:
         mine = self.counts[s][i]
         for x, n in c.items():
           mine[x] = mine.get(x, 0) + n
-    for i, h in other.hist.items():
-      mine = self.hist[i]
-      for q, n in h.items():
-        mine[q] = mine.get(q, 0) + n
+    for i in self._num:
+      for q, n in other.hist[i].items():
+        self.hist[i][q] = self.hist[i].get(q, 0) + n
+      for x, n in other.raw[i].items():
+        self.raw[i][x] = self.raw[i].get(x, 0) + n
+      if len(self.raw[i]) > RAW_CAP:
+        self.fold(i)
     for i, m in other.max_len.items():
       self.max_len[i] = max(self.max_len[i], m)
     self.bad += other.bad
     return self
+
+  def clear_counts(self) -> None:
+    """Drops value counts and histograms (kept: the scalar counts), in place."""
+    self.flush()
+    for s in range(3):
+      for c in self.counts[s].values():
+        c.clear()
+    for i in self._num:
+      self.hist[i].clear()
+      self.raw[i].clear()
