@@ -276,6 +276,8 @@ def run(plan: sources.Plan, out_dir: str, runner: str = "DirectRunner",
         chunk_bytes: int = 64 << 20) -> dict:
   """Converts `plan`'s inputs with Beam `runner`; returns the stats (also in stats.json)."""
   beam = _import_beam()
+  if plan.base_spec is not None:
+    raise ConfigError("--spec is supported by --runner local only")
   options = beam.options.pipeline_options.PipelineOptions(list(beam_args or []),
                                                           runner=runner)
   tmp = local.prepare_output(out_dir, overwrite)
@@ -330,8 +332,9 @@ def _finish(plan: sources.Plan, tmp: str, out_dir: str) -> dict:
       vocab = os.path.join(tmp, "vocab", f"{f.name}.txt")
       if not os.path.exists(vocab):
         outputs.write_vocab(vocab, [])
-      summaries[f.name] = outputs.FeatureSummary(vocab_size=kept, distinct=distinct,
-                                                 oov=[o0, o1, o2],
-                                                 max_len=acc.max_len.get(i, 0))
+      summaries[f.name] = outputs.FeatureSummary(
+          vocab_size=kept, distinct=distinct, oov=[o0, o1, o2],
+          max_len=max(1, min(f.max_len, acc.max_len.get(i, 0))),
+          min_count=outputs.min_count_of(f, plan))
   examples = [f"{plan.files[fi].path}:{line}: {why}" for fi, line, why in bad]
   return outputs.write_metadata(plan, tmp, acc, summaries, examples, out_dir)

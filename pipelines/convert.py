@@ -19,8 +19,9 @@ from typing import Optional
 import yaml
 
 from ssr_tf.errors import ConfigError
+from ssr_tf.features import load_spec
 from ssr_tf.pipelines import schema as schema_lib
-from ssr_tf.pipelines import sources, transforms
+from ssr_tf.pipelines import outputs, sources, transforms
 
 RUNNERS = ("local", "DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")
 
@@ -43,6 +44,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
   p.add_argument("--output", required=True, metavar="DIR", help="output folder")
   p.add_argument("--mapping", default=None, metavar="MAP.yaml",
                  help="--format csv: columns -> feature types, labels, group id")
+  p.add_argument("--spec", default=None, metavar="SPEC.yaml",
+                 help="reuse the vocabularies, boundaries and min_count of an earlier "
+                 "conversion's spec (e.g. to convert new logs for scoring; local runner)")
   p.add_argument("--split", default="random", help="random (default) | time")
   p.add_argument("--ratios", default="8,1,1", help="train,valid,test weights (8,1,1)")
   p.add_argument("--seed", type=int, default=42, help="seed of the random split")
@@ -153,7 +157,12 @@ def plan_from_args(args: argparse.Namespace) -> sources.Plan:
       compression="GZIP" if args.compression.lower() == "gzip" else "",
       gzip_level=args.gzip_level, skip_bad_rows=args.skip_bad_rows,
       batch_size=args.batch_size, epochs=args.epochs)
-  return sources.make_plan(args.format, mapping, args.input, presplit, rule, options)
+  plan = sources.make_plan(args.format, mapping, args.input, presplit, rule, options)
+  if args.spec:
+    plan.base_spec = load_spec(args.spec)
+    plan.base_spec_path = args.spec
+    outputs.check_base_spec(plan)
+  return plan
 
 
 def convert(argv: list[str], prog: str = "ssr_tf data convert") -> dict:

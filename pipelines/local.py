@@ -165,9 +165,12 @@ def _convert(plan: sources.Plan, out_dir: str, final_dir: str, progress: bool,
       w.close()
   if row == 0:
     raise DataError(f"{plan.files[0].path}: no data rows in the input files")
-  if acc.rows[0] == 0:
+  if acc.rows[0] == 0 and plan.base_spec is None:
     raise DataError("the training split is empty (check --ratios / --split / the inputs); "
                     "vocabularies and boundaries come from it")
   bar.update(sum(acc.rows) + acc.bad, done_bytes[0], acc.bad, final=True)
-  summaries = outputs.summarize_local(plan, acc, out_dir)
+  if plan.base_spec is not None:
+    summaries = outputs.summarize_with_spec(plan, acc, out_dir)
+  else:
+    summaries = outputs.summarize_local(plan, acc, out_dir)
   return outputs.write_metadata(plan, out_dir, acc, summaries, bad, final_dir)

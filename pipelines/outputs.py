@@ -17,6 +17,7 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
+from ssr_tf.errors import ConfigError
 from ssr_tf.features import Feature, FeatureSpec
 from ssr_tf.pipelines import transforms
 from ssr_tf.pipelines.schema import OutField
@@ -72,13 +73,16 @@ class FeatureSummary:
     distinct: distinct values in the training split (vocabulary file lines).
     oov: per split, present values the model maps to OOV (rare, unseen or unwritable).
     boundaries: numeric: bucket boundaries on the log1p scale.
-    max_len: multi_categorical: longest training sequence (capped by the field's max_len).
+    max_len: multi_categorical: values per row in the spec (the longest training
+      sequence, capped by the field's max_len).
+    min_count: the feature's min_count.
   """
   vocab_size: int = 0
   distinct: int = 0
   oov: list[int] = dataclasses.field(default_factory=lambda: [0, 0, 0])
   boundaries: list[float] = dataclasses.field(default_factory=list)
-  max_len: int = 0
+  max_len: int = 1
+  min_count: int = 0
 
 
 def min_count_of(f: OutField, plan: Plan) -> int:
@@ -105,11 +109,61 @@ def summarize_local(plan: Plan, acc: transforms.Accumulator, out_dir: str
       kept = {v for v, n in entries if n > mc}
       oov = [sum(n for v, n in acc.counts[s][i].items() if v not in kept) for s in range(3)]
       out[f.name] = FeatureSummary(vocab_size=len(kept), distinct=len(entries), oov=oov,
-                                   max_len=acc.max_len.get(i, 0))
+                                   max_len=max(1, min(f.max_len, acc.max_len.get(i, 0))),
+                                   min_count=mc)
+  return out
+
+
+def check_base_spec(plan: Plan) -> None:
+  """--spec: every feature of the given spec must be a feature of the format, same kind."""
+  ours = {f.name: f for f in plan.schema.features}
+  for feat in plan.base_spec.features:
+    f = ours.get(feat.name)
+    if f is None:
+      raise ConfigError(f"--spec: feature {feat.name!r} is not produced by format "
+                        f"{plan.fmt} (it gives {sorted(ours)})")
+    if f.kind != feat.type or (feat.type != "numeric" and f.dtype != feat.dtype):
+      raise ConfigError(f"--spec: feature {feat.name!r} is {feat.type}/{feat.dtype} in the "
+                        f"spec but {f.kind}/{f.dtype} in format {plan.fmt}")
+
+
+def summarize_with_spec(plan: Plan, acc: transforms.Accumulator, out_dir: str
+                        ) -> dict[str, FeatureSummary]:
+  """--spec: vocabularies (copied), boundaries and max_len come from an earlier spec; OOV
+  counts are measured against its vocabularies."""
+  acc.flush()
+  idx = {f.name: i for i, f in enumerate(plan.schema.fields)}
+  out = {}
+  for feat in plan.base_spec.features:
+    i = idx[feat.name]
+    if feat.type == "numeric":
+      out[feat.name] = FeatureSummary(boundaries=list(feat.boundaries))
+      continue
+    if feat.vocab_file:
+      with open(feat.vocab_file) as fh:
+        text = fh.read()
+      write_text(os.path.join(out_dir, "vocab", f"{feat.name}.txt"), text)
+      vocab = feat.vocabulary()
+      kept = set(vocab)
+      keep = kept.__contains__
+      distinct = sum(1 for line in text.splitlines() if line)
+    else:
+      n = feat.num_buckets
+      keep = (lambda v: True) if n is None else (lambda v, n=n: 0 <= v < n)
+      vocab, distinct = [], 0
+    oov = [sum(c for v, c in acc.counts[s][i].items() if not keep(v)) for s in range(3)]
+    out[feat.name] = FeatureSummary(vocab_size=len(vocab) or (feat.num_buckets or 0),
+                                    distinct=distinct, oov=oov, max_len=feat.max_len,
+                                    min_count=feat.min_count)
   return out
 
 
 def build_spec(plan: Plan, summaries: dict[str, FeatureSummary]) -> FeatureSpec:
+  if plan.base_spec is not None:
+    base = plan.base_spec
+    feats = [dataclasses.replace(f, vocab_file=f"vocab/{f.name}.txt") if f.vocab_file else
+             dataclasses.replace(f) for f in base.features]
+    return FeatureSpec(features=feats, labels=dict(base.labels), group_id=base.group_id)
   feats = []
   for f in plan.schema.features:
     s = summaries[f.name]
@@ -118,11 +172,11 @@ def build_spec(plan: Plan, summaries: dict[str, FeatureSummary]) -> FeatureSpec:
                            transform="log_bucketize", boundaries=list(s.boundaries)))
     elif f.kind == "categorical":
       feats.append(Feature(name=f.name, type="categorical", dtype=f.dtype,
-                           vocab_file=f"vocab/{f.name}.txt", min_count=min_count_of(f, plan)))
+                           vocab_file=f"vocab/{f.name}.txt", min_count=s.min_count))
     else:
       feats.append(Feature(name=f.name, type="multi_categorical", dtype=f.dtype,
-                           vocab_file=f"vocab/{f.name}.txt", min_count=min_count_of(f, plan),
-                           max_len=max(1, min(f.max_len, s.max_len)), combiner=f.combiner))
+                           vocab_file=f"vocab/{f.name}.txt", min_count=s.min_count,
+                           max_len=s.max_len, combiner=f.combiner))
   return FeatureSpec(features=feats, labels=dict(plan.schema.labels),
                      group_id=plan.schema.group_id or None)
 
@@ -142,6 +196,7 @@ def build_stats(plan: Plan, acc: transforms.Accumulator, summaries: dict[str, Fe
       "inputs": [{"path": f.path, "split": "rule" if f.source < 0 else SPLITS[f.source]}
                  for f in plan.files],
       "split": plan.split.describe(),
+      "vocabularies_from": plan.base_spec_path or "training split",
       "options": dataclasses.asdict(o),
       "rows": rows,
       "rows_total": sum(acc.rows),
@@ -152,7 +207,7 @@ def build_stats(plan: Plan, acc: transforms.Accumulator, summaries: dict[str, Fe
       "features": {},
   }
   for i, f in enumerate(plan.schema.fields):
-    if f.kind not in ("categorical", "numeric", "multi_categorical"):
+    if f.name not in summaries:       # not a feature, or not in the --spec
       continue
     s = summaries[f.name]
     d: dict[str, Any] = {"type": f.kind, "dtype": f.dtype}
@@ -161,12 +216,12 @@ def build_stats(plan: Plan, acc: transforms.Accumulator, summaries: dict[str, Fe
       d.update(buckets=len(s.boundaries) + 1, missing_rate=miss)
     elif f.kind == "categorical":
       d.update(vocab_size=s.vocab_size, distinct_train=s.distinct,
-               min_count=min_count_of(f, plan), missing_rate=miss,
+               min_count=s.min_count, missing_rate=miss,
                oov_rate={sp: _rate(acc.missing[k][i] + s.oov[k], acc.rows[k])
                          for k, sp in enumerate(SPLITS)})
     else:
       d.update(vocab_size=s.vocab_size, distinct_train=s.distinct,
-               min_count=min_count_of(f, plan), max_len=max(1, min(f.max_len, s.max_len)),
+               min_count=s.min_count, max_len=s.max_len,
                missing_rate=miss,
                mean_len={sp: _rate(acc.values[k][i], acc.rows[k]) for k, sp in
                          enumerate(SPLITS)},

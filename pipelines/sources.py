@@ -14,6 +14,7 @@ import os
 from typing import Any, Callable, Iterator, Optional
 
 from ssr_tf.errors import ConfigError, DataError
+from ssr_tf.features import FeatureSpec
 from ssr_tf.pipelines import schema as schema_lib
 from ssr_tf.pipelines import transforms
 
@@ -81,6 +82,8 @@ class Plan:
   schema: schema_lib.Schema
   split: transforms.SplitRule
   options: Options
+  base_spec: Optional[FeatureSpec] = None    # --spec: vocabularies and boundaries to reuse
+  base_spec_path: str = ""
 
   def parser(self, file_index: int) -> schema_lib.RowParser:
     f = self.files[file_index]

@@ -340,3 +340,30 @@ def test_time_split(tmp_path):
   run(*avazu, "--valid_from", "14102101", "--test_from", "14102200", "--output", tmp_path / "b")
   stats = json.loads((tmp_path / "b" / "stats.json").read_text())
   assert stats["rows"] == {"train": 100, "valid": 0, "test": 0}
+
+
+@needs_data
+def test_spec_reuse_converts_new_logs_with_old_vocabularies(tmp_path):
+  src = DATA / "criteo_sample.txt"
+  run("--format", "criteo", "--input", src, "--output", tmp_path / "a")
+  run("--format", "criteo", "--input", src, "--output", tmp_path / "b", "--ratios", "0,0,1",
+      "--spec", tmp_path / "a" / "spec.yaml")
+  a, b = (load_spec(str(tmp_path / d / "spec.yaml")) for d in ("a", "b"))
+  assert [f.boundaries for f in a.features] == [f.boundaries for f in b.features]
+  assert [f.vocabulary() for f in a.features if f.vocab_file] == \
+      [f.vocabulary() for f in b.features if f.vocab_file]
+  stats = json.loads((tmp_path / "b" / "stats.json").read_text())
+  assert stats["rows"] == {"train": 0, "valid": 0, "test": 200}
+  # All 200 rows against a's vocabulary: OOV rate of C1 = 1 - kept occurrences / 200.
+  kept = set(a.features[13].vocabulary())
+  c1 = [l.split(",")[14] for l in src.read_text().splitlines()[1:]]
+  assert stats["features"]["C1"]["oov_rate"]["test"] == round(
+      sum(v not in kept for v in c1) / 200, 6)
+  with pytest.raises(ConfigError, match="--spec: feature 'hour_of_day' is not produced"):
+    run("--format", "criteo", "--input", src, "--output", tmp_path / "c", "--spec",
+        _avazu_spec(tmp_path))
+
+
+def _avazu_spec(tmp_path: pathlib.Path) -> pathlib.Path:
+  run("--format", "avazu", "--input", DATA / "avazu_sample.txt", "--output", tmp_path / "av")
+  return tmp_path / "av" / "spec.yaml"
