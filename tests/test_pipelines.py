@@ -367,3 +367,9 @@ def test_spec_reuse_converts_new_logs_with_old_vocabularies(tmp_path):
 def _avazu_spec(tmp_path: pathlib.Path) -> pathlib.Path:
   run("--format", "avazu", "--input", DATA / "avazu_sample.txt", "--output", tmp_path / "av")
   return tmp_path / "av" / "spec.yaml"
+
+
+def test_criteo_example_config_loads():
+  from ssr_tf.config import load_config
+  cfg = load_config(str(REPO / "configs" / "criteo.yaml"))
+  assert cfg.data.compression == "GZIP" and cfg.model.backbone["mode"] == "dynamic"
