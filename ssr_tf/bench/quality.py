@@ -1,0 +1,578 @@
+"""`ssr_tf bench quality`: the paper's quality tables under one shared training protocol.
+
+Every model sees the same splits, the same embeddings (dim 16), Adam, batch 1024, the
+same maximum epochs and early stopping on exact validation click AUC (the best epoch's
+weights are kept); test AUC / LogLoss are exact (``ssr_tf.metrics``). Suites:
+
+  table3    every backbone (Table 3): AUC, LogLoss mean +- std over seeds, params, FLOPs.
+  ablation  SSR-D vs w/o sparse filtering, b=1, static, TopK-STE, Dropout (Table 4).
+  ics       T in {1,2,5}, alpha_init in {0.01,0.1,0.5}, with/without gamma (Table 5).
+  scaling   SSR-S, SSR-D, DNN, DCNv2, RankMixer at 4 sizes each (Figure 3), PNG.
+  gap       the SSR-D vs DNN investigation grid (depth, residual, views, expanded_dim,
+            learning rate, embedding L2, ICS init), see docs/reproduction.md.
+
+Results go to ``--output`` as ``<suite>.json`` and ``<suite>.md`` (+ ``scaling.png``).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from ssr_tf import data as data_lib
+from ssr_tf import metrics, synth
+from ssr_tf.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig, save_config
+from ssr_tf.errors import UserError
+from ssr_tf.features import FeatureSpec, load_spec
+from ssr_tf.models.ranker import backbone_flops, backbone_params, build_model
+
+SUITES = ("table3", "ablation", "ics", "scaling", "gap")
+
+
+# ---------------------------------------------------------------------------------------
+# The shared protocol.
+
+
+@dataclasses.dataclass
+class Protocol:
+  """Training settings applied identically to every model of a suite.
+
+  Attributes:
+    epochs: maximum passes over the training split (the same for every model).
+    patience: epochs without a validation-AUC gain before stopping.
+    batch_size: examples per Adam step.
+    learning_rate: Adam learning rate.
+    embedding_dim: width of every field embedding.
+    embedding_l2: L2 on the embedding rows of each batch (model.embedding_l2).
+    pay_mode: pay head mode ("esmm" as in the demo configs).
+    train_eval_rows: training rows scored after training, for the train-vs-test gap.
+  """
+  epochs: int = 6
+  patience: int = 1
+  batch_size: int = 1024
+  learning_rate: float = 1e-3
+  embedding_dim: int = 16
+  embedding_l2: float = 0.0
+  pay_mode: str = "esmm"
+  train_eval_rows: int = 30000
+
+
+@dataclasses.dataclass
+class Split:
+  features: dict[str, np.ndarray]
+  labels: dict[str, np.ndarray]
+  oracle: dict[str, np.ndarray]
+
+  @property
+  def rows(self) -> int:
+    return int(next(iter(self.labels.values())).shape[0])
+
+  def take(self, idx: np.ndarray) -> "Split":
+    pick = lambda d: {k: v[idx] for k, v in d.items()}  # noqa: E731
+    return Split(pick(self.features), pick(self.labels), pick(self.oracle))
+
+
+@dataclasses.dataclass
+class Splits:
+  data_dir: pathlib.Path
+  spec: FeatureSpec
+  train: Split
+  valid: Split
+  test: Split
+
+
+def _read_split(pattern: str, spec: FeatureSpec, key: str) -> Split:
+  """A whole split parsed once into NumPy arrays (synthetic splits fit in memory)."""
+  ds = data_lib.make_dataset(pattern, spec, 8192, training=False, key=key, with_extras=True)
+  cols: dict[str, dict[str, list]] = {"features": {}, "labels": {}, "oracle": {}}
+  for features, labels, extras in ds:
+    for k, v in features.items():
+      cols["features"].setdefault(k, []).append(v.numpy())
+    for k, v in labels.items():
+      cols["labels"].setdefault(k, []).append(v.numpy())
+    for k, v in extras.items():
+      if k.startswith("oracle_"):
+        cols["oracle"].setdefault(k[len("oracle_"):], []).append(v.numpy())
+  cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}  # noqa: E731
+  return Split(cat(cols["features"]), cat(cols["labels"]), cat(cols["oracle"]))
+
+
+def load_splits(data_dir: str | pathlib.Path) -> Splits:
+  """Reads ``DIR/spec.yaml`` and ``DIR/{train,valid,test}/*`` (ssr_tf data synth/convert)."""
+  d = pathlib.Path(data_dir)
+  if not (d / "spec.yaml").is_file():
+    raise UserError(f"--data {d}: no spec.yaml (write one with `ssr_tf data synth` or "
+                    "`ssr_tf data convert`)")
+  spec = load_spec(str(d / "spec.yaml"))
+  return Splits(d, spec, *(_read_split(str(d / s / "*"), spec, f"--data {s}")
+                           for s in ("train", "valid", "test")))
+
+
+def _dataset(split: Split, batch_size: int, order: Optional[np.ndarray] = None):
+  cols = split if order is None else split.take(order)
+  return tf.data.Dataset.from_tensor_slices((cols.features, cols.labels)).batch(
+      batch_size).prefetch(2)
+
+
+def predict(model, split: Split, batch_size: int = 4096) -> dict[str, np.ndarray]:
+  out: dict[str, list] = {}
+  for features, _ in _dataset(split, batch_size):
+    for k, v in model.predict_on_batch(features).items():
+      out.setdefault(k, []).append(np.asarray(v))
+  return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def score(split: Split, probs: dict[str, np.ndarray]) -> dict[str, float]:
+  out = {}
+  for t in split.labels:
+    y, p = split.labels[t], probs[f"{t}_prob"]
+    out[f"{t}_auc"] = metrics.auc(y, p)
+    out[f"{t}_logloss"] = metrics.logloss(y, p)
+    if t in split.oracle and (split.oracle[t] >= 0).all():
+      out[f"{t}_oracle_auc"] = metrics.auc(y, split.oracle[t])
+  return out
+
+
+def ics_sparsity(model, split: Split, rows: int = 4096) -> Optional[list[float]]:
+  """Share of exact zeros in each SSR layer's filtered views (None without SSR layers)."""
+  from ssr_tf.callbacks import filtered_views  # pylint: disable=import-outside-toplevel
+  features = next(iter(_dataset(split.take(np.arange(min(rows, split.rows))), rows)))[0]
+  views = filtered_views(model, features)
+  if not views:
+    return None
+  return [float(np.mean(v.numpy() == 0.0)) for v in views]
+
+
+def model_config(entry: dict, protocol: Protocol, seed: int) -> ModelConfig:
+  backbone = copy.deepcopy(entry.get("backbone", {}))
+  if entry["name"] in ("ssr", "ssr_msn"):
+    backbone.setdefault("seed", seed)      # SSR-S index draws and per-view inits
+    backbone.setdefault("impl", "tf")
+  return ModelConfig(name=entry["name"], embedding_dim=protocol.embedding_dim,
+                     embedding_l2=entry.get("embedding_l2", protocol.embedding_l2),
+                     pay_mode=protocol.pay_mode, backbone=backbone)
+
+
+def run_one(splits: Splits, entry: dict, protocol: Protocol, seed: int,
+            save_dir: Optional[pathlib.Path] = None, log: Callable[[str], None] = print) -> dict:
+  """Trains one model under the protocol; returns test metrics, history and cost."""
+  proto = dataclasses.replace(protocol, **entry.get("protocol", {}))
+  tf.keras.backend.clear_session()
+  tf.keras.utils.set_random_seed(seed)
+  model_cfg = model_config(entry, proto, seed)
+  model = build_model(splits.spec, model_cfg)
+  model.compile(optimizer=tf.keras.optimizers.Adam(proto.learning_rate))
+  rng = np.random.default_rng(seed)
+  history, best, best_weights, wait = [], -math.inf, None, 0
+  start = time.time()
+  for epoch in range(proto.epochs):
+    t0 = time.time()
+    fit = model.fit(_dataset(splits.train, proto.batch_size, rng.permutation(splits.train.rows)),
+                    epochs=1, verbose=0)
+    valid = score(splits.valid, predict(model, splits.valid))
+    rec = {"epoch": epoch + 1, "train_auc_running": float(fit.history["click_auc"][-1]),
+           "train_loss": float(fit.history["loss"][-1]), "valid_auc": valid["click_auc"],
+           "valid_logloss": valid["click_logloss"], "seconds": round(time.time() - t0, 1)}
+    history.append(rec)
+    log(f"    epoch {epoch + 1}: train_auc {rec['train_auc_running']:.4f} "
+        f"valid_auc {rec['valid_auc']:.4f} ({rec['seconds']}s)")
+    if rec["valid_auc"] > best:
+      best, best_weights, wait = rec["valid_auc"], model.get_weights(), 0
+    else:
+      wait += 1
+      if wait >= proto.patience:
+        break
+  model.set_weights(best_weights)
+  seconds = time.time() - start
+  test = score(splits.test, predict(model, splits.test))
+  sub = splits.train.take(np.arange(min(proto.train_eval_rows, splits.train.rows)))
+  train = score(sub, predict(model, sub))
+  result = {
+      "seed": seed, "test": test, "train_click_auc": train["click_auc"],
+      "valid_click_auc": best, "best_epoch": int(np.argmax([h["valid_auc"] for h in history])) + 1,
+      "epochs_run": len(history), "seconds": round(seconds, 1), "history": history,
+      "backbone_params": backbone_params(model), "backbone_flops": backbone_flops(model),
+  }
+  sparsity = ics_sparsity(model, splits.valid)
+  if sparsity is not None:
+    result["ics_sparsity"] = sparsity
+  if save_dir is not None:
+    _save(model, model_cfg, splits, proto, seed, save_dir)
+    result["model_dir"] = str(save_dir)
+  return result
+
+
+def _save(model, model_cfg: ModelConfig, splits: Splits, proto: Protocol, seed: int,
+          model_dir: pathlib.Path) -> None:
+  """Checkpoint + config.yaml in the layout `ssr_tf analyze/evaluate` read."""
+  from ssr_tf import task  # pylint: disable=import-outside-toplevel
+  d = splits.data_dir.resolve()
+  cfg = ExperimentConfig(
+      data=DataConfig(spec=str(d / "spec.yaml"), train=str(d / "train/*"),
+                      valid=str(d / "valid/*"), test=str(d / "test/*"),
+                      batch_size=proto.batch_size),
+      model=model_cfg,
+      train=TrainConfig(model_dir=str(model_dir), epochs=proto.epochs,
+                        learning_rate=proto.learning_rate, seed=seed))
+  model_dir.mkdir(parents=True, exist_ok=True)
+  save_config(cfg, str(model_dir / "config.yaml"))
+  task.checkpoint_manager(model, str(model_dir)).save()
+
+
+# ---------------------------------------------------------------------------------------
+# Model zoo and suites. An entry is {"name": backbone, "backbone": {...}} plus optional
+# "embedding_l2" and "protocol" overrides (used only by the gap suite's protocol rows,
+# which are always run for SSR-D and the DNN alike).
+
+SSR_D = {"name": "ssr", "backbone": {"mode": "dynamic", "num_layers": 2, "num_views": 8,
+                                     "view_dim": 32, "expanded_dim": 64}}
+SSR_S = {"name": "ssr", "backbone": {"mode": "static", "num_layers": 2, "num_views": 16,
+                                     "view_dim": 64}}
+DNN = {"name": "dnn", "backbone": {"hidden_units": [400, 400, 400]}}
+
+TABLE3 = {
+    "dnn": DNN,
+    "deepfm": {"name": "deepfm", "backbone": {"hidden_units": [400, 400, 400]}},
+    "dcnv2": {"name": "dcnv2", "backbone": {"num_cross_layers": 3, "structure": "stacked",
+                                            "projection_dim": 128,
+                                            "hidden_units": [256, 256]}},
+    "autoint": {"name": "autoint", "backbone": {"num_layers": 3, "num_heads": 2,
+                                                "head_dim": 16}},
+    "mmoe": {"name": "mmoe", "backbone": {"num_experts": 4, "expert_units": [256, 128],
+                                          "tower_units": [64]}},
+    "wukong": {"name": "wukong", "backbone": {"num_layers": 2, "num_fm_embeddings": 16,
+                                              "num_lc_embeddings": 16, "fm_rank": 16,
+                                              "fmb_units": [256],
+                                              "hidden_units": [256, 128]}},
+    "rankmixer": {"name": "rankmixer", "backbone": {"num_tokens": 8, "token_dim": 64,
+                                                    "num_layers": 2, "ffn_mult": 4}},
+    "ssr_s": SSR_S,
+    "ssr_d": SSR_D,
+}
+
+
+def _variant(base: dict, **backbone) -> dict:
+  out = copy.deepcopy(base)
+  out["backbone"].update(backbone)
+  return out
+
+
+def _with(base: dict, **extra) -> dict:
+  out = copy.deepcopy(base)
+  out.update(extra)
+  return out
+
+
+# Table 4: each row changes exactly one thing of SSR-D.
+ABLATION = {
+    "ssr_d": SSR_D,
+    "no_sparse_filter": _variant(SSR_D, filter="none"),
+    "single_view_b1": _variant(SSR_D, num_views=1, view_dim=256, expanded_dim=512),
+    "static_ssr_s": _variant(SSR_D, mode="static", expanded_dim=None),
+    "topk_ste": _variant(SSR_D, filter="topk"),
+    "dropout": _variant(SSR_D, filter="dropout", filter_rate=0.5),
+}
+
+# Table 5.
+ICS = {
+    "T1": _variant(SSR_D, ics_iters=1),
+    "T2": _variant(SSR_D, ics_iters=2),
+    "T5_alpha0.1": SSR_D,
+    "alpha0.01": _variant(SSR_D, alpha_init=0.01),
+    "alpha0.5": _variant(SSR_D, alpha_init=0.5),
+    "no_gamma": _variant(SSR_D, use_gamma=False),
+}
+
+
+def _scaling() -> dict:
+  """Figure 3: four sizes per family (roughly 4x backbone parameters per step)."""
+  out = {}
+  for i, (b, dv) in enumerate([(4, 16), (8, 32), (16, 64), (32, 64)]):
+    out[f"ssr_d/{i}"] = _variant(SSR_D, num_views=b, view_dim=dv, expanded_dim=2 * dv)
+    out[f"ssr_s/{i}"] = _variant(SSR_S, num_views=2 * b, view_dim=2 * dv)
+  for i, u in enumerate([128, 256, 512, 1024]):
+    out[f"dnn/{i}"] = {"name": "dnn", "backbone": {"hidden_units": [u, u, u]}}
+    out[f"dcnv2/{i}"] = {"name": "dcnv2", "backbone": {
+        "num_cross_layers": 3, "projection_dim": u // 4, "hidden_units": [u, u]}}
+  for i, d in enumerate([32, 64, 128, 256]):
+    out[f"rankmixer/{i}"] = {"name": "rankmixer", "backbone": {
+        "num_tokens": 8, "token_dim": d, "num_layers": 2, "ffn_mult": 4}}
+  return out
+
+
+SCALING = _scaling()
+
+
+def _gap() -> dict:
+  """The SSR-D vs DNN investigation: one factor at a time from the demo SSR-D."""
+  g = {
+      "ssr_d": SSR_D,
+      "dnn": DNN,
+      # architecture of SSR-D
+      "ssr_d/L1": _variant(SSR_D, num_layers=1),
+      "ssr_d/L3": _variant(SSR_D, num_layers=3),
+      "ssr_d/L2_residual": _variant(SSR_D, residual=True),
+      "ssr_d/L3_residual": _variant(SSR_D, num_layers=3, residual=True),
+      "ssr_d/b16": _variant(SSR_D, num_views=16),
+      "ssr_d/b4_dv64": _variant(SSR_D, num_views=4, view_dim=64, expanded_dim=128),
+      "ssr_d/e128": _variant(SSR_D, expanded_dim=128),
+      "ssr_d/alpha0.5": _variant(SSR_D, alpha_init=0.5),
+      "ssr_d/no_filter": _variant(SSR_D, filter="none"),
+  }
+  # protocol knobs: always for both models
+  for tag, extra in (("lr3e-4", {"protocol": {"learning_rate": 3e-4}}),
+                     ("lr3e-3", {"protocol": {"learning_rate": 3e-3}}),
+                     ("l2_1e-4", {"embedding_l2": 1e-4}),
+                     ("l2_1e-3", {"embedding_l2": 1e-3})):
+    g[f"ssr_d/{tag}"] = _with(SSR_D, **extra)
+    g[f"dnn/{tag}"] = _with(DNN, **extra)
+  return g
+
+
+GAP = _gap()
+SUITE_MODELS = {"table3": TABLE3, "ablation": ABLATION, "ics": ICS, "scaling": SCALING,
+                "gap": GAP}
+
+
+# ---------------------------------------------------------------------------------------
+# Running a suite, aggregating and reporting.
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+  a = np.asarray(xs, dtype=np.float64)
+  return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def aggregate(runs: list[dict]) -> dict[str, dict]:
+  """Per model name: mean and std over seeds of the headline numbers."""
+  by: dict[str, list[dict]] = {}
+  for r in runs:
+    by.setdefault(r["name"], []).append(r)
+  out = {}
+  for name, rs in by.items():
+    row = {"seeds": sorted(r["seed"] for r in rs), "backbone_params": rs[0]["backbone_params"],
+           "backbone_flops": rs[0]["backbone_flops"]}
+    for key, get in (("click_auc", lambda r: r["test"]["click_auc"]),
+                     ("click_logloss", lambda r: r["test"]["click_logloss"]),
+                     ("pay_auc", lambda r: r["test"].get("pay_auc", float("nan"))),
+                     ("train_click_auc", lambda r: r["train_click_auc"]),
+                     ("valid_click_auc", lambda r: r["valid_click_auc"]),
+                     ("best_epoch", lambda r: r["best_epoch"]),
+                     ("seconds", lambda r: r["seconds"])):
+      row[key], row[f"{key}_std"] = _mean_std([get(r) for r in rs])
+    if all("ics_sparsity" in r for r in rs):
+      per_layer = np.mean([r["ics_sparsity"] for r in rs], axis=0)
+      row["ics_sparsity"] = [round(float(s), 4) for s in per_layer]
+    row["oracle_click_auc"] = rs[0]["test"].get("click_oracle_auc")
+    out[name] = row
+  return out
+
+
+def _fmt_n(n: float) -> str:
+  for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    if n >= div:
+      return f"{n / div:.2f}{unit}"
+  return str(int(n))
+
+
+def _pm(row: dict, key: str, digits: int = 4) -> str:
+  return f"{row[key]:.{digits}f} ± {row[key + '_std']:.{digits}f}"
+
+
+def markdown(suite: str, agg: dict[str, dict], meta: dict) -> str:
+  """The suite's Markdown table (plus the settings it ran with)."""
+  lines = [f"### `{suite}`", "",
+           f"Data `{meta['data']}` ({meta['rows']}), seeds {meta['seeds']}, protocol "
+           f"{json.dumps(meta['protocol'])}; wall {meta['wall_minutes']:.0f} min on "
+           f"{meta['cpu_count']} shared CPU cores.", ""]
+  oracle = next((r["oracle_click_auc"] for r in agg.values() if r.get("oracle_click_auc")), None)
+  if oracle:
+    lines += [f"Oracle test click AUC (true probabilities): {oracle:.4f}.", ""]
+  base = {"ablation": "ssr_d", "ics": "T5_alpha0.1", "gap": "ssr_d"}.get(suite)
+  head = "| model | click AUC | click LogLoss | pay AUC |"
+  sep = "|---|---|---|---|"
+  if base:
+    head += f" ΔAUC vs {base} (×10⁻²) |"
+    sep += "---|"
+  if suite == "gap":
+    head += " ΔAUC vs dnn (×10⁻²) |"
+    sep += "---|"
+  if suite in ("ics", "ablation", "gap", "table3"):
+    head += " ICS sparsity (per layer) |"
+    sep += "---|"
+  head += " train AUC | best epoch | params | FLOPs | s/run |"
+  sep += "---|---|---|---|---|"
+  lines += [head, sep]
+  for name, r in agg.items():
+    cells = [name, _pm(r, "click_auc"), _pm(r, "click_logloss"), f"{r['pay_auc']:.4f}"]
+    if base:
+      cells.append(f"{(r['click_auc'] - agg[base]['click_auc']) * 100:+.2f}"
+                   if base in agg else "-")
+    if suite == "gap":
+      dnn = "dnn/" + name.split("/", 1)[1] if name.startswith("ssr_d/") and \
+          ("dnn/" + name.split("/", 1)[1]) in agg else "dnn"
+      cells.append(f"{(r['click_auc'] - agg[dnn]['click_auc']) * 100:+.2f} ({dnn})"
+                   if dnn in agg and not name.startswith("dnn") else "-")
+    if suite in ("ics", "ablation", "gap", "table3"):
+      sp = r.get("ics_sparsity")
+      cells.append(" / ".join(f"{s:.0%}" for s in sp) if sp else "-")
+    cells += [f"{r['train_click_auc']:.4f}", f"{r['best_epoch']:.1f}",
+              _fmt_n(r["backbone_params"]), _fmt_n(r["backbone_flops"]), f"{r['seconds']:.0f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def plot_scaling(agg: dict[str, dict], path: pathlib.Path) -> Optional[str]:
+  """AUC vs backbone parameters (log x), one line per family."""
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    print("matplotlib missing (pip install 'ssr_tf[plot]'): no PNG written")
+    return None
+  families: dict[str, list] = {}
+  for name, r in agg.items():
+    families.setdefault(name.split("/")[0], []).append(
+        (r["backbone_params"], r["click_auc"], r["click_auc_std"]))
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for fam, pts in sorted(families.items()):
+    pts.sort()
+    x, y, e = zip(*pts)
+    ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=fam)
+  ax.set_xscale("log")
+  ax.set_xlabel("backbone parameters (log scale)")
+  ax.set_ylabel("test click AUC")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return str(path)
+
+
+def _load_runs(path: pathlib.Path) -> list[dict]:
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_suite(suite: str, splits: Splits, protocol: Protocol, seeds: list[int],
+              output: pathlib.Path, only: Optional[list[str]] = None,
+              save_models: bool = False, fresh: bool = False) -> dict:
+  """Trains every (model, seed) of `suite` not already in ``<suite>.runs.jsonl``."""
+  models = SUITE_MODELS[suite]
+  if only:
+    unknown = [m for m in only if m not in models]
+    if unknown:
+      raise UserError(f"--models: {unknown} not in suite {suite!r}; choose from "
+                      f"{sorted(models)}")
+    models = {k: v for k, v in models.items() if k in only}
+  output.mkdir(parents=True, exist_ok=True)
+  log_path = output / f"{suite}.runs.jsonl"
+  if fresh and log_path.exists():
+    log_path.unlink()
+  runs = _load_runs(log_path)
+  done = {(r["name"], r["seed"]) for r in runs}
+  start = time.time()
+  for name, entry in models.items():
+    for seed in seeds:
+      if (name, seed) in done:
+        continue
+      print(f"[{suite}] {name} seed {seed}", flush=True)
+      save_dir = output / "models" / suite / f"{name.replace('/', '_')}_s{seed}" \
+          if save_models else None
+      r = run_one(splits, entry, protocol, seed, save_dir=save_dir,
+                  log=lambda s: print(s, flush=True))
+      r.update(name=name, entry=entry)
+      print(f"[{suite}] {name} seed {seed}: test click AUC {r['test']['click_auc']:.4f} "
+            f"(train {r['train_click_auc']:.4f}, best epoch {r['best_epoch']}, "
+            f"{r['seconds']:.0f}s)", flush=True)
+      with log_path.open("a") as f:
+        f.write(json.dumps(r) + "\n")
+      runs.append(r)
+  runs = [r for r in runs if r["name"] in models and r["seed"] in seeds]
+  agg = aggregate(sorted(runs, key=lambda r: list(models).index(r["name"])))
+  stats_path = splits.data_dir / "stats.json"
+  rows = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+  meta = {"suite": suite, "data": str(splits.data_dir),
+          "rows": f"train {splits.train.rows}, valid {splits.valid.rows}, test "
+                  f"{splits.test.rows} rows" + (f", synth mode {rows.get('mode')}"
+                                                 if rows.get("mode") else ""),
+          "seeds": seeds, "protocol": dataclasses.asdict(protocol), "cpu_count": os.cpu_count(),
+          "wall_minutes": sum(r["seconds"] for r in runs) / 60.0}
+  result = {"meta": meta, "models": agg, "runs": runs}
+  (output / f"{suite}.json").write_text(json.dumps(result, indent=2))
+  md = markdown(suite, agg, meta)
+  if suite == "scaling":
+    png = plot_scaling(agg, output / "scaling.png")
+    if png:
+      md += f"\n![AUC vs parameters]({pathlib.Path(png).name})\n"
+      result["png"] = png
+  (output / f"{suite}.md").write_text(md)
+  result["markdown"] = md
+  return result
+
+
+def ensure_data(data: Optional[str], rows: int, mode: str, output: pathlib.Path,
+                seed: int = 0) -> pathlib.Path:
+  """--data if given; else a synthetic set under OUTPUT/data_<mode>_<rows> (made once)."""
+  if data:
+    return pathlib.Path(data)
+  d = output / f"data_{mode}_{rows}"
+  stats = d / "stats.json"
+  if stats.exists():
+    s = json.loads(stats.read_text())
+    if s.get("rows") == rows and s.get("mode") == mode:
+      return d
+  print(f"writing {rows} synthetic rows (mode {mode}) to {d}", flush=True)
+  synth.write(synth.SynthConfig(rows=rows, seed=seed, mode=mode), str(d))
+  return d
+
+
+def main(argv: list[str], prog: str = "ssr_tf bench quality") -> int:
+  p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+  p.add_argument("--suite", required=True, choices=SUITES)
+  p.add_argument("--data", default=None,
+                 help="data dir from `ssr_tf data synth/convert` (default: generate)")
+  p.add_argument("--rows", type=int, default=300_000, help="rows to generate without --data")
+  p.add_argument("--mode", default=None, choices=["default", "saturating"],
+                 help="synthetic mode without --data (default: saturating for the scaling "
+                      "suite, else default)")
+  p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per model")
+  p.add_argument("--models", default=None, help="comma-separated subset of the suite")
+  p.add_argument("--epochs", type=int, default=Protocol.epochs)
+  p.add_argument("--patience", type=int, default=Protocol.patience)
+  p.add_argument("--learning_rate", type=float, default=Protocol.learning_rate)
+  p.add_argument("--batch_size", type=int, default=Protocol.batch_size)
+  p.add_argument("--output", default="benchmarks/quality", help="results folder")
+  p.add_argument("--save_models", action="store_true",
+                 help="keep each run's checkpoint + config.yaml (for ssr_tf analyze)")
+  p.add_argument("--fresh", action="store_true",
+                 help="discard earlier runs of this suite in --output (default: resume)")
+  args = p.parse_args(argv)
+  if args.seeds < 1 or args.epochs < 1 or args.patience < 1:
+    p.error("--seeds, --epochs and --patience must be >= 1")
+  output = pathlib.Path(args.output)
+  mode = args.mode or ("saturating" if args.suite == "scaling" else "default")
+  data_dir = ensure_data(args.data, args.rows, mode, output)
+  splits = load_splits(data_dir)
+  protocol = Protocol(epochs=args.epochs, patience=args.patience,
+                      learning_rate=args.learning_rate, batch_size=args.batch_size)
+  only = [m.strip() for m in args.models.split(",")] if args.models else None
+  result = run_suite(args.suite, splits, protocol, list(range(args.seeds)), output, only,
+                     save_models=args.save_models, fresh=args.fresh)
+  print(result["markdown"])
+  print(json.dumps({"json": str(output / f"{args.suite}.json"),
+                    "markdown": str(output / f"{args.suite}.md"),
+                    "png": result.get("png")}))
+  return 0
