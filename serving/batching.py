@@ -170,11 +170,12 @@ class Batcher:
         live.append(t)
     if not live:
       return
-    st = self.stats
-    st.batches += 1
-    st.requests += len(live)
-    st.rows += sum(t.rows for t in live)
-    st.max_requests_in_batch = max(st.max_requests_in_batch, len(live))
+    with self._cond:
+      st = self.stats
+      st.batches += 1
+      st.requests += len(live)
+      st.rows += sum(t.rows for t in live)
+      st.max_requests_in_batch = max(st.max_requests_in_batch, len(live))
     if len(live) == 1:
       self._run_one(live[0])
       return

@@ -285,8 +285,6 @@ class ServingCore:
     runs = 0
     for sig in servable.signatures.values():
       for rows in WARMUP_BATCH_SIZES:
-        if self.batcher is not None and rows > max(self.batcher.max_batch_size, 1):
-          continue
         name = sig.examples_input()
         if name is not None:
           ex = examples_lib.make_example(examples_lib.synthetic_rows(types, 1)[0], types)

@@ -86,7 +86,7 @@ class ModelManager:
                warmup: Optional[Callable[[Servable], None]] = None, poll_seconds: float = 1.0,
                unload_timeout_s: float = 60.0):
     self.name, self.base_path = name, base_path
-    self._load, self._warmup = load, warmup
+    self._load, self.warmup = load, warmup
     self.poll_seconds, self.unload_timeout_s = poll_seconds, unload_timeout_s
     self._lock = threading.Lock()
     self._current: Optional[Servable] = None
@@ -151,8 +151,8 @@ class ModelManager:
     servable = None
     try:
       servable = self._load(version, path)
-      if self._warmup is not None:
-        self._warmup(servable)
+      if self.warmup is not None:
+        self.warmup(servable)
     except Exception as e:   # a bad export must not take the server down
       if servable is not None:
         servable.close()

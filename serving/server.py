@@ -79,7 +79,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
   g = p.add_argument_group("batching")
   g.add_argument("--enable_batching", type=_bool, default=True,
                  help="merge concurrent requests into one session call")
-  g.add_argument("--max_batch_size", type=int, default=1024, help="rows in a merged batch")
+  g.add_argument("--max_batch_size", type=int, default=256, help="rows in a merged batch")
   g.add_argument("--batch_timeout_micros", type=int, default=0,
                  help="extra wait for more rows after the first request (0 = opportunistic)")
   g.add_argument("--max_queued_requests", type=int, default=1024,
@@ -87,10 +87,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
   g.add_argument("--num_batch_threads", type=int, default=min(cores, 4),
                  help="concurrent session calls")
   g = p.add_argument_group("runtime")
-  g.add_argument("--tensorflow_intra_op_parallelism", type=int, default=cores,
-                 help="threads inside one op (0 = TF default)")
-  g.add_argument("--tensorflow_inter_op_parallelism", type=int, default=cores,
-                 help="ops run in parallel (0 = TF default)")
+  # One session call per core, one thread per call: on a small box this serves more
+  # requests (and a steadier p99) than letting every call spread over all cores.
+  g.add_argument("--tensorflow_intra_op_parallelism", type=int, default=1,
+                 help="threads inside one op (0 = TF default: all cores)")
+  g.add_argument("--tensorflow_inter_op_parallelism", type=int, default=1,
+                 help="ops of one call run in parallel (0 = TF default: all cores)")
   g.add_argument("--drain_seconds", type=float, default=30.0,
                  help="on SIGTERM, longest wait for in-flight requests")
   g.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -160,7 +162,7 @@ class ModelServer:
                                 unload_timeout_s=max(args.drain_seconds, 1.0))
     self.core = ServingCore(self.manager, self.batcher, args.max_request_rows)
     if args.enable_model_warmup:
-      self.manager._warmup = self.core.warmup
+      self.manager.warmup = self.core.warmup
     self.grpc_server: Optional[grpc.Server] = None
     self.http = None
     self.rest_front = None

@@ -213,7 +213,5 @@ def ndarray_to_json(arr: np.ndarray) -> Any:
           return {"b64": base64.b64encode(v).decode("ascii")}
       return v
     return np.vectorize(conv, otypes=[object])(arr).tolist() if arr.size else arr.tolist()
-  if arr.dtype.kind == "f":
-    return [float(x) for x in arr] if arr.ndim == 1 else arr.astype(np.float64).tolist()
-  return arr.tolist()
+  return arr.tolist()          # numpy scalars become Python int / float / bool
 

@@ -83,10 +83,6 @@ class ToyRanker(tf.Module):
     f["history"] = f["history"].to_tensor(default_value=0, shape=[None, HISTORY_LEN])
     return self._score(f)
 
-  @tf.function(input_signature=[_raw_specs()])
-  def _raw(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    return self._score(features)
-
   def raw_signature(self):
     """``predict_raw`` with one keyword argument per feature."""
     specs = _raw_specs()
