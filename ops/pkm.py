@@ -13,12 +13,15 @@ import tensorflow as tf
 
 from ssr_tf.ops import ssr_ops
 
-__all__ = ["is_available", "load_error", "sparse_gather_sum", "sparse_gather_sum_fused"]
+__all__ = ["is_available", "load_error", "sparse_gather_sum", "sparse_gather_sum_fused",
+           "sub_key_top_k", "sub_key_top_k_tf"]
+GPU_MAX_SUB_KEYS = 8192   # the CUDA top-k keeps one row's n scores in shared memory
 
 
 def _has_op() -> bool:
   lib = ssr_ops.op_library()
-  return lib is not None and hasattr(lib, "pkm_sparse_gather_sum")
+  return lib is not None and hasattr(lib, "pkm_sparse_gather_sum") and \
+      hasattr(lib, "pkm_sub_key_top_k")
 
 
 def is_available() -> bool:
@@ -30,7 +33,7 @@ def load_error() -> str | None:
   """Why the fused op is unavailable, or None."""
   if _has_op():
     return None
-  return ssr_ops.load_error() or (f"{ssr_ops.library_path()} has no PkmSparseGatherSum op "
+  return ssr_ops.load_error() or (f"{ssr_ops.library_path()} lacks the PKM ops "
                                   f"(rebuild with `make ops`)")
 
 
@@ -64,6 +67,46 @@ def sparse_gather_sum_fused(values, indices: tf.Tensor, weights: tf.Tensor) -> t
   if indices.shape.rank is not None and values.shape[-1] is not None:
     out.set_shape(indices.shape[:-1].concatenate([values.shape[-1]]))
   return out
+
+
+def sub_key_top_k_tf(queries: tf.Tensor, keys: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """Composed TF: s[r, g, i] = <queries[r, g], keys[g, i]>, then tf.math.top_k(s, k).
+
+  queries [R, G, D], keys [G, n, D] -> (values [R, G, k], indices [R, G, k] int32)."""
+  scores = tf.einsum("rgd,gnd->rgn", queries, keys)            # [R, G, n]
+  return tf.math.top_k(scores, k=k)
+
+
+def sub_key_top_k(queries: tf.Tensor, keys: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """The first PKM stage fused (PkmSubKeyTopK): scores each half-query against its sub-key
+  table and keeps the top k in one pass, without the [R, G, n] score matrix.
+
+  Args:
+    queries: [R, G, D] half-queries (G = heads * 2 tables).
+    keys: [G, n, D] sub-key tables.
+    k: sub-keys kept per (row, table), k <= n.
+  Returns:
+    (values [R, G, k] sorted descending, indices [R, G, k] int32); ties keep the lower
+    index first, as tf.math.top_k. Gradients flow to queries and keys through the values.
+  """
+  if not _has_op():
+    return sub_key_top_k_tf(queries, keys, k)
+  return tuple(ssr_ops.op_library().pkm_sub_key_top_k(queries, keys, k=k))
+
+
+@tf.RegisterGradient("PkmSubKeyTopK")
+def _pkm_sub_key_top_k_grad(op, d_values, _):
+  """dq[r, g] = sum_t dv[r, g, t] K[g, i_t];  dK[g, i_t] += dv[r, g, t] q[r, g]."""
+  queries, keys = op.inputs
+  idx = op.outputs[1]                                            # [R, G, k]
+  groups, n = tf.shape(keys)[0], tf.shape(keys)[1]
+  flat = idx + (tf.range(groups, dtype=tf.int32) * n)[None, :, None]   # rows of [G * n, D]
+  picked = tf.gather(tf.reshape(keys, [groups * n, -1]), flat)   # [R, G, k, D]
+  d_queries = tf.einsum("rgk,rgkd->rgd", d_values, picked)
+  contrib = d_values[..., None] * queries[:, :, None, :]         # [R, G, k, D]
+  d_keys = tf.math.unsorted_segment_sum(tf.reshape(contrib, [-1, tf.shape(keys)[2]]),
+                                        tf.reshape(flat, [-1]), groups * n)
+  return [d_queries, tf.reshape(d_keys, tf.shape(keys))]
 
 
 def sparse_gather_sum(values: tf.Tensor, indices: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:

@@ -193,6 +193,39 @@ def test_fused_op_rejects_out_of_range_ids():
 
 
 @needs_fused
+def test_fused_sub_key_top_k_matches_einsum_top_k():
+  rng = np.random.default_rng(10)
+  q = tf.constant(rng.normal(size=(7, 4, 5)).astype(np.float32))       # [R, G, D]
+  keys = tf.constant(rng.normal(size=(4, 37, 5)).astype(np.float32))   # [G, n, D], n odd
+  g = tf.constant(rng.normal(size=(7, 4, 6)).astype(np.float32))
+  res = []
+  for fn in (pkm_ops.sub_key_top_k, pkm_ops.sub_key_top_k_tf):
+    with tf.GradientTape() as tape:
+      tape.watch([q, keys])
+      vals, idx = fn(q, keys, 6)
+      loss = tf.reduce_sum(vals * g)
+    res.append((vals.numpy(), idx.numpy(), *[t.numpy() for t in tape.gradient(loss, [q, keys])]))
+  np.testing.assert_array_equal(res[0][1], res[1][1])
+  for a, b in zip(res[0][0:1] + res[0][2:], res[1][0:1] + res[1][2:]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_fused
+def test_fused_sub_key_top_k_ties_and_numeric_gradient():
+  keys = tf.constant([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.5]]], tf.float64)   # 0 == 2
+  vals, idx = pkm_ops.sub_key_top_k(tf.constant([[[1.0, 0.2]]], tf.float64), keys, 3)
+  np.testing.assert_array_equal(idx.numpy(), [[[0, 2, 3]]])          # tie: lower index first
+  np.testing.assert_allclose(vals.numpy(), [[[1.0, 1.0, 0.6]]])
+  rng = np.random.default_rng(11)
+  q = tf.constant(rng.normal(size=(3, 2, 4)))
+  k = tf.constant(rng.normal(size=(2, 9, 4)))
+  f = lambda qq, kk: pkm_ops.sub_key_top_k(qq, kk, 3)[0]   # noqa: E731
+  theoretical, numerical = tf.test.compute_gradient(f, [q, k])
+  for t, n in zip(theoretical, numerical):
+    np.testing.assert_allclose(t, n, atol=1e-6)
+
+
+@needs_fused
 def test_layer_fused_equals_tf_impl():
   kw = dict(num_sub_keys=8, key_dim=6, top_k=4, value_dim=5, heads=2, query_norm="layer", seed=7)
   a, b = ProductKeyMemory(impl="tf", **kw), ProductKeyMemory(impl="fused", **kw)

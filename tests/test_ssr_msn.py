@@ -118,3 +118,19 @@ def test_trains_logs_utilisation_exports_and_reloads(tmp_path, make_config):
   # The restored memory read is the trained one: some slots were hit while training.
   assert model.backbone.memories[0].slot_counts.numpy().sum() > 0 or \
       model.backbone.memories[0].windows_done.numpy() > 0
+
+
+@pytest.mark.slow
+def test_bench_memory_prints_scaling_json(capsys):
+  from ssr_tf.bench import memory
+  assert memory.main(["--log2_slots", "4", "6", "--steps", "1", "--repeats", "1", "--rows", "600",
+                      "--batch_size", "64", "--impl", "tf", "--top_k", "2"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  sizes = out["scaling"]["sizes"]
+  assert [s["slots"] for s in sizes] == [16, 64]
+  assert all(s["infer_examples_per_s"] > 0 and s["train_adagrad_examples_per_s"] > 0
+             for s in sizes)
+  ratio = out["scaling"]["ratio_2^6_vs_2^4"]
+  assert ratio["slots"] == 4.0 and ratio["flops_per_example"] > 1.0
+  grow = sizes[1]["memory_flops_per_example"]["scoring"] - sizes[0]["memory_flops_per_example"]["scoring"]
+  assert sizes[1]["backbone_flops_per_example"] - sizes[0]["backbone_flops_per_example"] == grow

@@ -92,9 +92,9 @@ class _Sized:
     del ids, scores
     self.batches = batches
     self.times: dict[str, list[float]] = {}
-    # Trace and warm every function once.
-    for name, fn, args_ in self._cases():
-      _timed(fn, args_, 2)
+    # Trace and warm every function on every input (shapes may differ between batches).
+    for _, fn, args_ in self._cases():
+      _timed(fn, args_, len(args_))
 
   def _cases(self):
     cases = [("infer", self.infer, self.batches), ("train_adagrad", self.train, self.batches),

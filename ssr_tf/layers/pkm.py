@@ -280,10 +280,17 @@ class ProductKeyMemory(tf.keras.layers.Layer):
   def retrieve(self, x: tf.Tensor, training=None) -> tuple[tf.Tensor, tf.Tensor]:
     """Two-stage product-key top-k: [batch, d_in] -> (slot ids [batch, heads, k] int32,
     scores [batch, heads, k]) with scores sorted descending."""
-    n, ks = self.num_sub_keys, self._ks
+    n, ks, h, half = self.num_sub_keys, self._ks, self.heads, self.key_dim // 2
     q = self.queries(x, training=training)                          # [batch, heads, 2, half]
-    s = tf.einsum("bhcd,hcnd->bhcn", q, self.keys())                # [batch, heads, 2, n]
-    s_top, i_top = tf.math.top_k(s, k=ks)                           # [batch, heads, 2, k']
+    if self._fused_top_k():
+      from ssr_tf.ops import pkm as pkm_ops  # pylint: disable=import-outside-toplevel
+      s_top, i_top = pkm_ops.sub_key_top_k(                         # scoring + top-k, one pass
+          tf.reshape(q, [-1, h * 2, half]), tf.reshape(self.keys(), [h * 2, n, half]), ks)
+      s_top = tf.reshape(s_top, [-1, h, 2, ks])                     # [batch, heads, 2, k']
+      i_top = tf.reshape(i_top, [-1, h, 2, ks])
+    else:
+      s = tf.einsum("bhcd,hcnd->bhcn", q, self.keys())              # [batch, heads, 2, n]
+      s_top, i_top = tf.math.top_k(s, k=ks)                         # [batch, heads, 2, k']
     cand = s_top[:, :, 0, :, None] + s_top[:, :, 1, None, :]        # [batch, heads, k', k']
     cand_ids = i_top[:, :, 0, :, None] * n + i_top[:, :, 1, None, :]
     cand = tf.reshape(cand, [-1, self.heads, ks * ks])              # [batch, heads, k'^2]
@@ -291,6 +298,15 @@ class ProductKeyMemory(tf.keras.layers.Layer):
     scores, pos = tf.math.top_k(cand, k=self.top_k)                 # [batch, heads, k]
     ids = tf.gather(cand_ids, pos, batch_dims=2)                    # [batch, heads, k]
     return ids, scores
+
+  def _fused_top_k(self) -> bool:
+    """Fused sub-key top-k: when the op library loaded, and within the GPU kernel's limit
+    when a GPU is visible."""
+    if not _fused_ok(self.impl):
+      return False
+    from ssr_tf.ops import pkm as pkm_ops  # pylint: disable=import-outside-toplevel
+    return (self.num_sub_keys <= pkm_ops.GPU_MAX_SUB_KEYS
+            or not tf.config.list_logical_devices("GPU"))
 
   def call(self, x, training=None):
     x = tf.convert_to_tensor(x)

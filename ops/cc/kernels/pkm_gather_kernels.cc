@@ -8,7 +8,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <optional>
+#include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
@@ -80,6 +82,76 @@ struct PkmGatherSumGrad<CPUDevice, T, Index> {
     };
     d.parallelFor(s.rows, Eigen::TensorOpCost(2.0 * k * dim * sizeof(T), k * dim * sizeof(T),
                                               3.0 * k * dim),
+                  work);
+  }
+};
+
+// Scores are computed key-major: with the table transposed to [G, D, n] once per call,
+// scores[0..n) += q[j] * keys_t[g, j, 0..n) runs contiguous over keys (vectorised), then a
+// scan keeps the running top-k, skipping whole chunks whose maximum cannot enter it.
+template <typename T>
+struct PkmSubKeyTopK<CPUDevice, T> {
+  void operator()(const CPUDevice& d, const PkmTopKShape& s, const T* queries, const T* keys,
+                  T* values, int32_t* indices) {
+    const int64_t groups = s.groups, n = s.n, dim = s.dim, k = s.k;
+    std::vector<T> keys_t(groups * dim * n);                 // [G, D, n]
+    for (int64_t g = 0; g < groups; ++g) {
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = 0; j < dim; ++j) {
+          keys_t[(g * dim + j) * n + i] = keys[(g * n + i) * dim + j];
+        }
+      }
+    }
+    auto work = [&](int64_t begin, int64_t end) {
+      constexpr int64_t kChunk = 16;
+      std::vector<T> scores(n);
+      for (int64_t rg = begin; rg < end; ++rg) {
+        const int64_t g = rg % groups;
+        const T* q = queries + rg * dim;
+        const T* table = keys_t.data() + g * dim * n;
+        T* sc = scores.data();
+        {
+          const T q0 = q[0];
+          for (int64_t i = 0; i < n; ++i) sc[i] = q0 * table[i];
+        }
+        for (int64_t j = 1; j < dim; ++j) {
+          const T qj = q[j];
+          const T* row = table + j * n;
+          for (int64_t i = 0; i < n; ++i) sc[i] += qj * row[i];
+        }
+        T* best_v = values + rg * k;
+        int32_t* best_i = indices + rg * k;
+        int64_t filled = 0;
+        for (int64_t base = 0; base < n; base += kChunk) {
+          const int64_t len = std::min(kChunk, n - base);
+          if (filled == k) {
+            T chunk_max = sc[base];
+            for (int64_t i = 1; i < len; ++i) chunk_max = std::max(chunk_max, sc[base + i]);
+            if (!(chunk_max > best_v[k - 1])) continue;   // nothing here enters the top-k
+          }
+          for (int64_t i = base; i < base + len; ++i) {   // sorted insert
+            const T v = sc[i];
+            int64_t pos;
+            if (filled < k) {
+              pos = filled++;
+            } else if (v > best_v[k - 1]) {
+              pos = k - 1;
+            } else {
+              continue;
+            }
+            while (pos > 0 && best_v[pos - 1] < v) {   // equal scores keep the lower index first
+              best_v[pos] = best_v[pos - 1];
+              best_i[pos] = best_i[pos - 1];
+              --pos;
+            }
+            best_v[pos] = v;
+            best_i[pos] = static_cast<int32_t>(i);
+          }
+        }
+      }
+    };
+    d.parallelFor(s.rows * groups,
+                  Eigen::TensorOpCost(n * dim * sizeof(T), k * (sizeof(T) + 4), 2.0 * n * dim + n),
                   work);
   }
 };
@@ -222,6 +294,58 @@ class PkmSparseGatherSumGradOp : public OpKernel {
   }
 };
 
+template <typename Device, typename T>
+class PkmSubKeyTopKOp : public OpKernel {
+ public:
+  explicit PkmSubKeyTopKOp(OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("k", &k_));
+  }
+
+  void Compute(OpKernelContext* c) override {
+    const Tensor& queries = c->input(0);
+    const Tensor& keys = c->input(1);
+    OP_REQUIRES(c, queries.dims() == 3,
+                errors::InvalidArgument("queries must be [rows, groups, dim], got ",
+                                        queries.shape().DebugString()));
+    OP_REQUIRES(c, keys.dims() == 3,
+                errors::InvalidArgument("keys must be [groups, n, dim], got ",
+                                        keys.shape().DebugString()));
+    OP_REQUIRES(c, queries.dim_size(1) == keys.dim_size(0) &&
+                       queries.dim_size(2) == keys.dim_size(2),
+                errors::InvalidArgument("queries ", queries.shape().DebugString(),
+                                        " and keys ", keys.shape().DebugString(),
+                                        " disagree on groups or dim"));
+    functor::PkmTopKShape s{queries.dim_size(0), queries.dim_size(1), keys.dim_size(1),
+                            keys.dim_size(2), k_};
+    OP_REQUIRES(c, s.k <= s.n,
+                errors::InvalidArgument("k = ", s.k, " exceeds the ", s.n, " sub-keys"));
+    OP_REQUIRES(c, s.n <= std::numeric_limits<int32_t>::max(),
+                errors::InvalidArgument("too many sub-keys: ", s.n));
+    OP_REQUIRES(c, kIsCpu<Device> || s.n <= functor::kPkmTopKMaxGpuKeys,
+                errors::Unimplemented("PkmSubKeyTopK on GPU takes n <= ",
+                                      functor::kPkmTopKMaxGpuKeys, ", got ", s.n));
+    Tensor* values = nullptr;
+    Tensor* indices = nullptr;
+    const TensorShape out_shape({s.rows, s.groups, s.k});
+    OP_REQUIRES_OK(c, c->allocate_output(0, out_shape, &values));
+    OP_REQUIRES_OK(c, c->allocate_output(1, out_shape, &indices));
+    if (s.rows == 0 || s.groups == 0) return;
+    functor::PkmSubKeyTopK<Device, T>()(c->eigen_device<Device>(), s, queries.flat<T>().data(),
+                                        keys.flat<T>().data(), values->flat<T>().data(),
+                                        indices->flat<int32_t>().data());
+  }
+
+ private:
+  int64_t k_ = 0;
+};
+
+#define SSR_TF_REGISTER_PKM_TOPK(DEV, DEVICE, T)                                            \
+  REGISTER_KERNEL_BUILDER(Name("PkmSubKeyTopK").Device(DEV).TypeConstraint<T>("T"),        \
+                          PkmSubKeyTopKOp<DEVICE, T>);
+
+SSR_TF_REGISTER_PKM_TOPK(DEVICE_CPU, CPUDevice, float)
+SSR_TF_REGISTER_PKM_TOPK(DEVICE_CPU, CPUDevice, double)
+
 #define SSR_TF_REGISTER_PKM(DEV, DEVICE, T, Index)                                          \
   REGISTER_KERNEL_BUILDER(Name("PkmSparseGatherSum")                                      \
                               .Device(DEV)                                                \
@@ -261,6 +385,10 @@ SSR_TF_DECLARE_PKM_GPU(float, int32_t)
 SSR_TF_DECLARE_PKM_GPU(float, int64_t)
 SSR_TF_DECLARE_PKM_GPU(double, int32_t)
 SSR_TF_DECLARE_PKM_GPU(double, int64_t)
+extern template struct functor::PkmSubKeyTopK<GPUDevice, float>;
+extern template struct functor::PkmSubKeyTopK<GPUDevice, double>;
+SSR_TF_REGISTER_PKM_TOPK(DEVICE_GPU, GPUDevice, float)
+SSR_TF_REGISTER_PKM_TOPK(DEVICE_GPU, GPUDevice, double)
 SSR_TF_REGISTER_PKM(DEVICE_GPU, GPUDevice, float, int32_t)
 SSR_TF_REGISTER_PKM(DEVICE_GPU, GPUDevice, float, int64_t)
 SSR_TF_REGISTER_PKM(DEVICE_GPU, GPUDevice, double, int32_t)

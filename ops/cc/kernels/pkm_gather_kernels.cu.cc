@@ -5,10 +5,14 @@
 // the same value row, so every row read is coalesced; idx / w of row r are broadcast loads.
 // Backward: grad_rows is element-wise (coalesced); grad_weights[r, t] is one warp per (r, t)
 // reducing <grad[r, :], V[idx[r, t], :]> with shuffles. Out-of-range ids contribute zero.
+// Sub-key top-k: one block per (row, table); the n scores go to shared memory, then k rounds
+// of a block-wide argmax (ties to the lower index), each winner masked with -inf.
 #if GOOGLE_CUDA
 #define EIGEN_USE_GPU
 
 #include <algorithm>
+#include <cmath>
+#include <climits>
 
 #include <cuda_runtime.h>
 
@@ -89,7 +93,86 @@ __global__ void GradWeightsKernel(PkmShape s, const T* __restrict__ values,
   }
 }
 
+template <typename T>
+__device__ inline void ArgMaxStep(T* v, int* i, T ov, int oi) {
+  if (ov > *v || (ov == *v && oi < *i)) {
+    *v = ov;
+    *i = oi;
+  }
+}
+
+template <typename T>
+__global__ void SubKeyTopKKernel(PkmTopKShape s, const T* __restrict__ queries,
+                                 const T* __restrict__ keys, T* __restrict__ values,
+                                 int32_t* __restrict__ indices) {
+  extern __shared__ unsigned char shared_raw[];
+  T* scores = reinterpret_cast<T*>(shared_raw);          // [n]
+  __shared__ T warp_v[32];
+  __shared__ int warp_i[32];
+  constexpr int kWarp = 32;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int warps = (blockDim.x + kWarp - 1) / kWarp;
+  const T neg_inf = static_cast<T>(-INFINITY);
+  for (int64_t rg = blockIdx.x; rg < s.rows * s.groups; rg += gridDim.x) {
+    const T* q = queries + rg * s.dim;
+    const T* table = keys + (rg % s.groups) * s.n * s.dim;
+    for (int64_t i = threadIdx.x; i < s.n; i += blockDim.x) {
+      T acc = T(0);
+      for (int64_t j = 0; j < s.dim; ++j) acc += __ldg(q + j) * __ldg(table + i * s.dim + j);
+      scores[i] = acc;
+    }
+    __syncthreads();
+    for (int64_t t = 0; t < s.k; ++t) {
+      T best = neg_inf;
+      int best_i = INT_MAX;
+      for (int64_t i = threadIdx.x; i < s.n; i += blockDim.x) {
+        ArgMaxStep(&best, &best_i, scores[i], static_cast<int>(i));
+      }
+      for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+        ArgMaxStep(&best, &best_i, __shfl_down_sync(0xffffffffu, best, offset),
+                   __shfl_down_sync(0xffffffffu, best_i, offset));
+      }
+      if (lane == 0) {
+        warp_v[warp] = best;
+        warp_i[warp] = best_i;
+      }
+      __syncthreads();
+      if (warp == 0) {
+        best = lane < warps ? warp_v[lane] : neg_inf;
+        best_i = lane < warps ? warp_i[lane] : INT_MAX;
+        for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+          ArgMaxStep(&best, &best_i, __shfl_down_sync(0xffffffffu, best, offset),
+                     __shfl_down_sync(0xffffffffu, best_i, offset));
+        }
+        if (lane == 0) {
+          values[rg * s.k + t] = best;
+          indices[rg * s.k + t] = best_i;
+          if (best_i >= 0 && best_i < s.n) scores[best_i] = neg_inf;   // taken
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
 }  // namespace
+
+template <typename T>
+struct PkmSubKeyTopK<GPUDevice, T> {
+  void operator()(const GPUDevice& d, const PkmTopKShape& s, const T* queries, const T* keys,
+                  T* values, int32_t* indices) {
+    constexpr int kBlock = 128;   // 4 warps: the k argmax rounds are latency-bound
+    const int64_t rows = s.rows * s.groups;
+    const int64_t resident = static_cast<int64_t>(d.getNumGpuMultiProcessors()) *
+                             d.maxGpuThreadsPerMultiProcessor() / kBlock;
+    const int grid = static_cast<int>(std::max<int64_t>(1, std::min(rows, resident)));
+    SubKeyTopKKernel<T><<<grid, kBlock, s.n * sizeof(T), d.stream()>>>(s, queries, keys, values,
+                                                                      indices);
+  }
+};
+
+template struct PkmSubKeyTopK<GPUDevice, float>;
+template struct PkmSubKeyTopK<GPUDevice, double>;
 
 template <typename T, typename Index>
 struct PkmGatherSum<GPUDevice, T, Index> {

@@ -38,6 +38,27 @@ struct PkmGatherSumGrad {
                   const T* weights, const T* grad, T* grad_weights, T* grad_rows);
 };
 
+// Sub-key scoring fused with its top-k (the first PKM stage), never materialising the
+// [rows, groups, n] score matrix: for every row r and key table g,
+//   (values, indices)[r, g, :] = topk_i <queries[r, g, :], keys[g, i, :]>,  i < n,
+// sorted descending, ties to the lower index (as tf.math.top_k).
+struct PkmTopKShape {
+  int64_t rows;    // R
+  int64_t groups;  // G = heads * 2 sub-key tables
+  int64_t n;       // sub-keys per table
+  int64_t dim;     // D = key_dim / 2
+  int64_t k;       // kept per (row, table)
+};
+
+template <typename Device, typename T>
+struct PkmSubKeyTopK {
+  void operator()(const Device& d, const PkmTopKShape& s, const T* queries, const T* keys,
+                  T* values, int32_t* indices);
+};
+
+// Largest n the GPU kernel takes (scores of one row live in shared memory).
+constexpr int64_t kPkmTopKMaxGpuKeys = 8192;
+
 }  // namespace functor
 }  // namespace ssr_tf
 

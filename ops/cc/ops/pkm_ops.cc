@@ -132,4 +132,35 @@ REGISTER_OP("PkmResourceSparseGatherSumGrad")
 PkmSparseGatherSumGrad with the value table read from a resource variable in place.
 )doc");
 
+REGISTER_OP("PkmSubKeyTopK")
+    .Input("queries: T")
+    .Input("keys: T")
+    .Output("values: T")
+    .Output("indices: int32")
+    .Attr("k: int >= 1")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle queries, keys;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &queries));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 3, &keys));
+      DimensionHandle groups, dim;
+      TF_RETURN_IF_ERROR(c->Merge(c->Dim(queries, 1), c->Dim(keys, 0), &groups));
+      TF_RETURN_IF_ERROR(c->Merge(c->Dim(queries, 2), c->Dim(keys, 2), &dim));
+      int64_t k = 0;
+      TF_RETURN_IF_ERROR(c->GetAttr("k", &k));
+      ShapeHandle out = c->MakeShape({c->Dim(queries, 0), groups, c->MakeDim(k)});
+      c->set_output(0, out);
+      c->set_output(1, out);
+      return Status();
+    })
+    .Doc(R"doc(
+First PKM stage, scoring fused with top-k: for row r and sub-key table g,
+(values, indices)[r, g] = top_k_i <queries[r, g, :], keys[g, i, :]>, sorted descending.
+
+queries: [rows, groups, dim] half-queries (groups = heads * 2).
+keys: [groups, n, dim] sub-key tables, k <= n.
+values: [rows, groups, k] scores.
+indices: [rows, groups, k] sub-key ids in [0, n).
+)doc");
+
 }  // namespace ssr_tf
