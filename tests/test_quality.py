@@ -137,3 +137,7 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, synth_dir, capsys):
   capsys.readouterr()
   quality.run_suite("ablation", splits, proto, [0], out, only=["ssr_d", "topk_ste"])
   assert "seed 0\n" not in capsys.readouterr().out          # resumed: nothing retrained
+  # The ics suite's baseline is the same computation as ablation's ssr_d: reused, not rerun.
+  ics = quality.run_suite("ics", splits, proto, [0], out, only=["T5_alpha0.1"])
+  assert ics["runs"][0]["reused_from"] == "ablation"
+  assert ics["runs"][0]["test"] == res["runs"][0]["test"]

@@ -201,6 +201,7 @@ def run_one(splits: Splits, entry: dict, protocol: Protocol, seed: int,
       "valid_click_auc": best, "best_epoch": int(np.argmax([h["valid_auc"] for h in history])) + 1,
       "epochs_run": len(history), "seconds": round(seconds, 1), "history": history,
       "backbone_params": backbone_params(model), "backbone_flops": backbone_flops(model),
+      "protocol": dataclasses.asdict(proto), "data": str(splits.data_dir.resolve()),
   }
   sparsity = ics_sparsity(model, splits.valid)
   if sparsity is not None:
@@ -466,6 +467,27 @@ def _load_runs(path: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def run_key(entry: dict, protocol: dict, seed: int, data: str) -> str:
+  """Identity of a run: the same key means the same computation (model, protocol, seed, data)."""
+  entry = {k: v for k, v in entry.items() if k != "protocol"}
+  return json.dumps([entry, protocol, seed, data], sort_keys=True)
+
+
+def _effective(entry: dict, protocol: Protocol) -> dict:
+  return dataclasses.asdict(dataclasses.replace(protocol, **entry.get("protocol", {})))
+
+
+def _reusable(output: pathlib.Path) -> dict[str, tuple[str, dict]]:
+  """Finished runs of every suite under `output`, by run_key (runs are deterministic on
+  CPU for a given seed, so an identical run of another suite is reused, not repeated)."""
+  index = {}
+  for path in sorted(output.glob("*.runs.jsonl")):
+    for r in _load_runs(path):
+      if "protocol" in r and "data" in r and "entry" in r:
+        index[run_key(r["entry"], r["protocol"], r["seed"], r["data"])] = (path.stem, r)
+  return index
+
+
 def run_suite(suite: str, splits: Splits, protocol: Protocol, seeds: list[int],
               output: pathlib.Path, only: Optional[list[str]] = None,
               save_models: bool = False, fresh: bool = False) -> dict:
@@ -483,10 +505,21 @@ def run_suite(suite: str, splits: Splits, protocol: Protocol, seeds: list[int],
     log_path.unlink()
   runs = _load_runs(log_path)
   done = {(r["name"], r["seed"]) for r in runs}
-  start = time.time()
+  reusable = _reusable(output)
+  data = str(splits.data_dir.resolve())
   for name, entry in models.items():
     for seed in seeds:
       if (name, seed) in done:
+        continue
+      hit = reusable.get(run_key(entry, _effective(entry, protocol), seed, data))
+      if hit is not None:
+        r = {**copy.deepcopy(hit[1]), "name": name, "entry": entry,
+             "reused_from": hit[1].get("reused_from", hit[0].replace(".runs", ""))}
+        print(f"[{suite}] {name} seed {seed}: reusing the identical run of "
+              f"suite {r['reused_from']!r}", flush=True)
+        with log_path.open("a") as f:
+          f.write(json.dumps(r) + "\n")
+        runs.append(r)
         continue
       print(f"[{suite}] {name} seed {seed}", flush=True)
       save_dir = output / "models" / suite / f"{name.replace('/', '_')}_s{seed}" \
