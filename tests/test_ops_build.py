@@ -43,6 +43,17 @@ def test_march_falls_back_to_portable_when_rejected():
   assert ops_build.march_flags("g++", "no-such-cpu-xyz") == []
 
 
+def test_cpu_kernel_bench_harness_builds_and_runs(tmp_path):
+  exe = tmp_path / "ics_cpu_bench"
+  out = subprocess.run(["g++", "-O2", "-std=c++17", f"-I{KERNELS}",
+                        str(OPS / "harness" / "ics_cpu_bench.cc"), "-o", str(exe)],
+                       capture_output=True, text=True, timeout=300, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  run = subprocess.run([str(exe), "64", "3", "33", "2"], capture_output=True, text=True,
+                       timeout=60, check=True)
+  assert "fwd+bwd" in run.stdout and "GB/s" in run.stdout
+
+
 def _nvcc() -> str:
   nvcc = shutil.which("nvcc")
   if nvcc is None:

@@ -20,6 +20,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__SSE__)
+#include <immintrin.h>
+#endif
+
 namespace ssr_tf {
 namespace cpu {
 
@@ -38,16 +42,28 @@ inline FV Load(const float* p) {
 }
 inline void Store(float* p, FV v) { std::memcpy(p, &v, sizeof(v)); }
 inline FV Splat(float x) { return x - FV{}; }
-inline FV Max0(FV v) { return v > FV{} ? v : FV{}; }
+// max(v, 0): one vmaxps/maxps where available (the generic form is a compare + and).
+inline FV Max0(FV v) {
+#if defined(__AVX__)
+  return reinterpret_cast<FV>(_mm256_max_ps(reinterpret_cast<__m256>(v), _mm256_setzero_ps()));
+#elif defined(__SSE__)
+  return reinterpret_cast<FV>(_mm_max_ps(reinterpret_cast<__m128>(v), _mm_setzero_ps()));
+#else
+  return v > FV{} ? v : FV{};
+#endif
+}
 // a where the mask lanes are set (all ones), else 0.
 inline FV Select(IV mask, FV a) { return reinterpret_cast<FV>(reinterpret_cast<IV>(a) & mask); }
+typedef float F4 __attribute__((vector_size(4 * sizeof(float))));
+// Horizontal sum with shuffles (a fixed tree: (0+4, 1+5, 2+6, 3+7), then pairs).
 inline float Reduce(FV v) {
-  float lanes[kW];
-  std::memcpy(lanes, &v, sizeof(v));
-  for (int w = kW / 2; w > 0; w /= 2) {
-    for (int k = 0; k < w; ++k) lanes[k] += lanes[k + w];
-  }
-  return lanes[0];
+#if defined(__AVX__)
+  const F4 a = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+#else
+  const F4 a = v;
+#endif
+  const F4 b = a + __builtin_shufflevector(a, a, 2, 3, 0, 1);
+  return b[0] + b[1];
 }
 
 // sum_i f(i) over [0, n) with four vector accumulators (short add chains, fixed order);

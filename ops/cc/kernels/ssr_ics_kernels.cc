@@ -195,8 +195,10 @@ class SsrIcsGradOp : public OpKernel {
   }
 };
 
-// y, z = ICS(x @ W), computed in row blocks: an Eigen GEMM writes the block's z (kept in
-// L2), then the ICS epilogue reads it back from cache and writes y.
+// y, z, mu = ICS(x @ W), computed in row blocks: an Eigen GEMM writes the block's z, then
+// the ICS epilogue reads it back from cache and writes y and the means mu. (ssr_tf.ops
+// .dynamic_view uses TF's MatMul + SsrIcs by default: TF's oneDNN sgemm is faster than
+// Eigen's GEMM on x86; this one-op kernel is kept for single_op=True.)
 class SsrDynamicViewOp : public OpKernel {
  public:
   explicit SsrDynamicViewOp(OpKernelConstruction* ctx) : OpKernel(ctx) { Eigen::initParallel(); }
@@ -236,8 +238,7 @@ class SsrDynamicViewOp : public OpKernel {
     float* zp = z->flat<float>().data();
     float* mp = mu->flat<float>().data();
     const double per_block = static_cast<double>(rb) * cols;
-    const Eigen::TensorOpCost cost(4.0 * per_block * (d_in > 0 ? 1 : 0) + 4.0 * per_block,
-                                   8.0 * per_block,
+    const Eigen::TensorOpCost cost(4.0 * rb * d_in, 8.0 * per_block,
                                    2.0 * per_block * d_in + 3.0 * per_block * (iters + 2));
     const auto& d = ctx->eigen_device<CPUDevice>();
     d.parallelFor(blocks, cost, [=](Eigen::Index first, Eigen::Index last) {
