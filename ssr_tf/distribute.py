@@ -28,6 +28,7 @@ import os
 import re
 import socket
 import threading
+import weakref
 from typing import Iterator
 
 import tensorflow as tf
@@ -37,6 +38,7 @@ from ssr_tf.errors import ConfigError
 
 _naming = threading.local()
 _local_cluster: dict = {}
+_ps_clusters: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------------------------------
@@ -90,8 +92,12 @@ def local_cluster(workers: int, ps: int) -> tf.distribute.cluster_resolver.Clust
             "ps": [f"127.0.0.1:{_free_port()}" for _ in range(ps)],
             "chief": [f"127.0.0.1:{_free_port()}"]}
     cluster = tf.train.ClusterSpec(spec)
+    # Every server of the process shares its host: give each its own threads, or a few
+    # cores' worth of default pools deadlock with several workers blocked on the ps.
+    config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=8,
+                                      intra_op_parallelism_threads=2)
     servers = [tf.distribute.Server(cluster, job_name=job, task_index=i, protocol="grpc",
-                                    start=True)
+                                    config=config, start=True)
                for job in ("worker", "ps") for i in range(len(spec[job]))]
     _local_cluster[key] = (cluster, servers)
   cluster, _ = _local_cluster[key]
@@ -165,8 +171,10 @@ def make_strategy(dist: DistributionConfig) -> tf.distribute.Strategy:
                         "distribution.local_workers for an in-process cluster")
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
   num_ps = len(resolver.cluster_spec().as_dict().get("ps", []))
-  return tf.distribute.experimental.ParameterServerStrategy(
+  strategy = tf.distribute.experimental.ParameterServerStrategy(
       resolver, variable_partitioner=EmbeddingPartitioner.from_config(dist, num_ps))
+  _ps_clusters[strategy] = resolver.cluster_spec().as_dict()
+  return strategy
 
 
 def is_parameter_server(strategy: tf.distribute.Strategy) -> bool:
@@ -413,7 +421,7 @@ def describe(strategy: tf.distribute.Strategy) -> dict:
   except (RuntimeError, AttributeError, NotImplementedError):
     pass                                   # the default strategy has no device list
   if is_parameter_server(strategy):
-    spec = strategy.cluster_resolver.cluster_spec().as_dict()
+    spec = _ps_clusters.get(strategy, {})
     out["workers"] = len(spec.get("worker", []))
     out["ps"] = len(spec.get("ps", []))
   return out

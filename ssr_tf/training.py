@@ -26,6 +26,7 @@ import math
 import os
 import pathlib
 import shutil
+import threading
 import time
 from typing import Callable, Optional
 
@@ -169,6 +170,43 @@ class ResumableBackup(tf.keras.callbacks.BackupAndRestore):
     state.back_up(epoch=epoch, batch=batch)
     if self.on_backup:
       self.on_backup(epoch * self.steps_per_epoch + batch + 1)
+
+
+class CoordinatorValidation(tf.keras.callbacks.Callback):
+  """parameter_server validation on the chief, exact: after each epoch the trained
+  weights are copied (through a checkpoint: sharded tables are saved whole) into a
+  single-device copy of the model, which evaluates the whole validation split and adds
+  ``val_*`` to the epoch logs. (Keras's own evaluation under parameter servers either
+  visits records a varying number of times or, exactly, refuses models whose metrics are
+  not compiled metrics, as the ranker's are not.)"""
+
+  def __init__(self, eval_model: tf.keras.Model, dataset: tf.data.Dataset, tmp_dir: str,
+               coordinator=None):
+    super().__init__()
+    self.eval_model = eval_model
+    self.dataset = dataset
+    self.tmp_dir = tmp_dir
+    self.coordinator = coordinator
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self.coordinator is not None:
+      self.coordinator.join()
+    path = tf.train.Checkpoint(model=self.model).write(os.path.join(self.tmp_dir, "weights"))
+    results: dict = {}
+
+    def evaluate() -> None:
+      # A fresh thread is outside fit's strategy scope, so the copy runs on this host.
+      tf.train.Checkpoint(model=self.eval_model).read(path).expect_partial()
+      results.update(self.eval_model.evaluate(self.dataset, verbose=0, return_dict=True))
+
+    worker = threading.Thread(target=evaluate, name="ssr_tf_validation")
+    worker.start()
+    worker.join()
+    shutil.rmtree(self.tmp_dir, ignore_errors=True)
+    if not results:
+      raise RuntimeError("parameter-server validation on the chief failed (see the log)")
+    if logs is not None:
+      logs.update({f"val_{k}": float(v) for k, v in results.items()})
 
 
 def resume_point(backup_dir: str, steps_per_epoch: int) -> tuple[int, int]:
@@ -352,10 +390,7 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   with strategy.scope(), distribute.variable_names():
     spec, model = task.build(cfg)
     optimizer = make_optimizer(cfg, lr, distributed=dist.strategy != "default")
-    compile_kwargs = {"steps_per_execution": dist.steps_per_execution}
-    if is_ps and cfg.data.valid:
-      compile_kwargs["pss_evaluation_shards"] = "auto"
-    model.compile(optimizer=optimizer, **compile_kwargs)
+    model.compile(optimizer=optimizer, steps_per_execution=dist.steps_per_execution)
   info = describe(model, cfg)
   print(json.dumps({"backbone": info, "distribution": distribute.describe(strategy)}))
 
@@ -370,6 +405,13 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   start_step = initial_epoch * steps_per_epoch + initial_step
   train_in, valid_in = _inputs(cfg, spec, strategy, global_batch, start_step, counts,
                                count_cache)
+  validation = None
+  if is_ps and valid_in is not None:
+    _, eval_model = task.build(cfg)
+    eval_model.compile(optimizer=tf.keras.optimizers.Adam())
+    validation = CoordinatorValidation(eval_model, valid_in, str(model_dir / ".eval_tmp"),
+                                       distribute.coordinator(strategy))
+    valid_in = None
 
   # Best weights: every worker saves (reading synchronised variables is collective); only
   # the chief's copy stays.
@@ -389,10 +431,11 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   if start_step and (model_dir / "callbacks.json").exists():
     saved_states = json.loads((model_dir / "callbacks.json").read_text())
   resumed = saved_states.get(str(initial_epoch - 1), {})
-  monitor = "val_click_auc" if valid_in is not None else "none"
+  has_valid = valid_in is not None or validation is not None
+  monitor = "val_click_auc" if has_valid else "none"
   best = BestCheckpoint(save_best, monitor, resumed.get("best_checkpoint", -math.inf))
   early = None
-  if valid_in is not None and cfg.train.early_stopping_patience > 0:
+  if has_valid and cfg.train.early_stopping_patience > 0:
     early = ResumableEarlyStopping(resumed.get("early_stopping"), monitor="val_click_auc",
                                    mode="max", patience=cfg.train.early_stopping_patience)
 
@@ -414,7 +457,7 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
                                                              "global_step": step}))
   # Order matters: at an epoch end, the best checkpoint and the logs are written before
   # the backup that moves the resume point past this epoch.
-  cbs = [best] + ([early] if early else []) + [log, backup]
+  cbs = ([validation] if validation else []) + [best] + ([early] if early else []) + [log, backup]
   cbs.append(tf.keras.callbacks.TensorBoard(str(model_dir / "logs"),
                                             update_freq="epoch" if is_ps else 100))
   cbs += list(callbacks or [])
