@@ -14,7 +14,6 @@ import json
 import pathlib
 import sys
 import time
-from typing import Optional
 
 import yaml
 
