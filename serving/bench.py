@@ -177,34 +177,63 @@ def run_cell(target: str, requests: list[bytes], candidates: int, concurrency: i
 
 
 def in_process(export_dir: str, pool: list[bytes], sizes: list[int], n: int,
-               intra: int, inter: int) -> list[dict]:
-  """Latency of the model called in-process: session engine and eager signature call."""
+               server_args: list[str], target: tuple[int, int]) -> list[dict]:
+  """The model called in-process, with the server's engine settings (`server_args`).
+
+  Per size at concurrency 1: the session engine the server uses and an eager
+  ``tf.saved_model.load`` signature call. For the target cell also the session engine
+  at the target concurrency (threads): the latency floor without any serving.
+  """
   import tensorflow as tf
+  from ssr_tf.serving import server as server_lib
   from ssr_tf.serving.servable import Servable
-  out = []
-  servable = Servable("bench", 0, export_dir, intra, inter)
+  a = server_lib.build_parser("bench").parse_args(["--model_base_path", export_dir] +
+                                                  server_args)
+  servable = Servable("bench", 0, export_dir, a.tensorflow_intra_op_parallelism,
+                      a.tensorflow_inter_op_parallelism)
   sig = servable.signature("serving_default")
   eager = tf.saved_model.load(export_dir).signatures["serving_default"]
-  for c in sizes:
-    batch = [pool[i % len(pool)] for i in range(c)]
+  out = []
+
+  def feeds(c: int) -> np.ndarray:
     arr = np.empty(c, dtype=object)
-    arr[:] = batch
-    for engine in ("session", "eager"):
-      if engine == "session":
-        fn = lambda: servable.run(sig, {"examples": arr})   # noqa: E731
-      else:
-        fn = lambda: eager(examples=tf.constant(batch))   # noqa: E731
+    arr[:] = [pool[i % len(pool)] for i in range(c)]
+    return arr
+
+  def timed(fn, count: int) -> list[float]:
+    lat = []
+    stop = time.monotonic() + 30
+    for _ in range(count):
+      t0 = time.perf_counter()
+      fn()
+      lat.append(time.perf_counter() - t0)
+      if time.monotonic() > stop:
+        break
+    return lat
+
+  for c in sizes:
+    arr = feeds(c)
+    strings = tf.constant(list(arr))
+    for engine, fn in (("session", lambda: servable.run(sig, {"examples": arr})),
+                       ("eager", lambda: eager(examples=strings))):
       for _ in range(10):
         fn()
-      lat = []
-      stop = time.monotonic() + 30
-      for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        lat.append(time.perf_counter() - t0)
-        if time.monotonic() > stop:
-          break
-      out.append({"candidates": c, "engine": engine, "requests": len(lat), **_pct(lat)})
+      lat = timed(fn, n)
+      out.append({"candidates": c, "engine": engine, "concurrency": 1, "requests": len(lat),
+                  **_pct(lat)})
+  c, k = target
+  if c in sizes and k > 1:
+    arr = feeds(c)
+    lats: list[list[float]] = [[] for _ in range(k)]
+    threads = [threading.Thread(target=lambda i=i: lats[i].extend(
+        timed(lambda: servable.run(sig, {"examples": arr}), n))) for i in range(k)]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+    lat = [x for part in lats for x in part]
+    out.append({"candidates": c, "engine": "session", "concurrency": k, "requests": len(lat),
+                **_pct(lat)})
   servable.close()
   return out
 
@@ -233,7 +262,8 @@ def main(argv: list[str], prog: str = "ssr_tf bench serving") -> int:
   p.add_argument("--inprocess_requests", type=int, default=300,
                  help="in-process calls per size (0 = skip)")
   p.add_argument("--server_args", default="",
-                 help="extra `ssr_tf serve` flags, space-separated (e.g. '--max_batch_size=256')")
+                 help="extra `ssr_tf serve` flags, space-separated; write it with '=' "
+                      "(--server_args='--max_batch_size=128 --num_batch_threads=1')")
   p.add_argument("--output", default="", help="also write the JSON here")
   args = p.parse_args(argv)
   if bool(args.model_base_path) == bool(args.server):
@@ -274,9 +304,9 @@ def main(argv: list[str], prog: str = "ssr_tf bench serving") -> int:
       client.wait_until_available(60)
       pool = candidate_pool(client, args.input, max(args.candidates) * 2, seed=0)
     if export_dir and args.inprocess_requests > 0:
-      cores = os.cpu_count() or 2
       result["inprocess"] = in_process(export_dir, pool, args.candidates,
-                                       args.inprocess_requests, cores, cores)
+                                       args.inprocess_requests, server_args,
+                                       tuple(args.target))
     cells = []
     for c in args.candidates:
       reqs = _requests(pool, c, args.model_name)
@@ -302,7 +332,8 @@ def main(argv: list[str], prog: str = "ssr_tf bench serving") -> int:
                                                    "errors", "qps", "p50_ms", "p99_ms")}),
               flush=True, file=sys.stderr)
     result["cells"] = cells
-    inproc = {(r["candidates"], r["engine"]): r for r in result.get("inprocess", [])}
+    inproc = {(r["candidates"], r["engine"]): r for r in result.get("inprocess", [])
+              if r["concurrency"] == 1}
     overhead = []
     for cell in cells:
       if cell["concurrency"] == 1 and (cell["candidates"], "session") in inproc:
@@ -315,9 +346,13 @@ def main(argv: list[str], prog: str = "ssr_tf bench serving") -> int:
     result["overhead"] = overhead
     tc = next((x for x in cells if x["target"]), None)
     if tc is not None:
+      floor = next((r for r in result.get("inprocess", []) if r["concurrency"] ==
+                    tc["concurrency"] and r["candidates"] == tc["candidates"]), None)
       result["target"] = {"cell": f"{tc['candidates']}x{tc['concurrency']}",
                           "requests": tc["requests"], "errors": tc["errors"],
-                          "p99_ms": tc["p99_ms"], "p99_limit_ms": args.target_p99_ms,
+                          "p50_ms": tc["p50_ms"], "p99_ms": tc["p99_ms"],
+                          "inprocess_same_concurrency_p99_ms": floor["p99_ms"] if floor else None,
+                          "p99_limit_ms": args.target_p99_ms,
                           "met": tc["errors"] == 0 and tc["p99_ms"] is not None
                           and tc["p99_ms"] <= args.target_p99_ms}
       if "hot_reload" in result:
