@@ -6,8 +6,10 @@ Per size: the whole ranking model (embeddings -> ssr_msn backbone -> heads) on i
 synthetic batches (I/O excluded): inference and train-step examples/s (Adagrad, whose
 IndexedSlices update touches only retrieved rows; `--adam` adds Adam, whose tf-keras sparse
 path decays every moment row, i.e. O(slots) per step), plus the PKM layer alone split into
-retrieval (two-stage top-k) and sparse gather. Sizes are timed interleaved, `--repeats`
-rounds, median reported, so load from other processes hits every size alike.
+retrieval (query net + two-stage top-k), the first stage alone (sub-key scoring + top-k:
+einsum + tf.math.top_k vs the fused PkmSubKeyTopK op) and the sparse gather (fused vs
+tf.gather). Sizes are timed interleaved, `--repeats` rounds, median reported, so load from
+other processes hits every size alike.
 """
 from __future__ import annotations
 
@@ -90,6 +92,14 @@ class _Sized:
     self.gather_tf = tf.function(
         lambda a: sparse_gather_sum_tf(self.layer.values, a[0], tf.nn.softmax(a[1], axis=-1)))
     del ids, scores
+    half, g = args.key_dim // 2, args.heads * 2
+    self.q = [tf.reshape(self.layer.queries(x, training=False), [-1, g, half]) for x in self.x]
+    keys = tf.reshape(self.layer.keys(), [g, n, half])
+    ks = self.layer._ks  # pylint: disable=protected-access
+    from ssr_tf.ops import pkm as pkm_ops  # pylint: disable=import-outside-toplevel
+    self.topk_tf = tf.function(lambda q: pkm_ops.sub_key_top_k_tf(q, keys, ks))
+    self.topk_fused = (tf.function(lambda q: pkm_ops.sub_key_top_k(q, keys, ks))
+                       if self.fused else None)
     self.batches = batches
     self.times: dict[str, list[float]] = {}
     # Trace and warm every function on every input (shapes may differ between batches).
@@ -99,7 +109,10 @@ class _Sized:
   def _cases(self):
     cases = [("infer", self.infer, self.batches), ("train_adagrad", self.train, self.batches),
              ("pkm_retrieve", self.retrieve, self.x), ("pkm_gather", self.gather, self.ids),
-             ("pkm_gather_tf", self.gather_tf, self.ids)]
+             ("pkm_gather_tf", self.gather_tf, self.ids),
+             ("subkey_topk_tf", self.topk_tf, self.q)]
+    if self.topk_fused is not None:
+      cases.append(("subkey_topk_fused", self.topk_fused, self.q))
     if self.adam is not None:
       cases.append(("train_adam", self.adam, self.batches))
     return cases
