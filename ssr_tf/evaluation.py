@@ -50,14 +50,23 @@ def score(arrays: dict, has_group: bool) -> dict:
   return result
 
 
+def _json_safe(value):
+  """NaN (e.g. GAUC with no group holding both classes) becomes null: valid JSON."""
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, float) and value != value:
+    return None
+  return value
+
+
 def evaluate(cfg: ExperimentConfig, checkpoint: Optional[str] = None, split: str = "test") -> dict:
   spec, model = task.build(cfg)
   path = task.restore(model, cfg.train.model_dir, checkpoint)
   arrays = predict_split(model, spec, cfg, split)
-  result = {"checkpoint": path, "split": split,
-            "tasks": score(arrays, has_group="group" in arrays)}
+  result = _json_safe({"checkpoint": path, "split": split,
+                       "tasks": score(arrays, has_group="group" in arrays)})
   out = pathlib.Path(cfg.train.model_dir) / f"eval_{split}.json"
-  out.write_text(json.dumps(result, indent=2))
+  out.write_text(json.dumps(result, indent=2, allow_nan=False))
   result["written"] = str(out)
   return result
 
