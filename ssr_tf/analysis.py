@@ -62,6 +62,14 @@ def weight_sparsity(w: np.ndarray, near_zero: float = NEAR_ZERO,
           "median_abs_weight": float(np.median(a))}
 
 
+def field_power(w: np.ndarray, fields: list[str]) -> dict[str, float]:
+  """Share of the kernel's weight power on each field's input dims, largest first
+  (rows of W are the F contiguous blocks of `dim` dims of the flattened embeddings)."""
+  per = np.sum(w.astype(np.float64).reshape(len(fields), -1) ** 2, axis=1)
+  per = per / max(per.sum(), 1e-30)
+  return {fields[i]: round(float(per[i]), 5) for i in np.argsort(per)[::-1]}
+
+
 def view_similarity(model) -> list[np.ndarray]:
   """Per dynamic SSR layer, the [views, views] cosine similarity of vec(W_i^proj)."""
   out = []
@@ -162,7 +170,9 @@ def analyze(cfg, checkpoint: Optional[str], output: pathlib.Path, rows: int = 40
   result: dict = {"checkpoint": path, "model": cfg.model.name}
   kernel = first_dense_kernel(model)
   if kernel is not None:
-    result["fig1"] = {"variable": kernel[0], **weight_sparsity(kernel[1])}
+    names = [f.name for f in spec.features]
+    result["fig1"] = {"variable": kernel[0], **weight_sparsity(kernel[1]),
+                      "field_power_share": field_power(kernel[1], names)}
   split = "valid" if cfg.data.valid else "test"
   pattern = getattr(cfg.data, split)
   if pattern and ssr_layers(model):
@@ -201,6 +211,12 @@ def summary(result: dict) -> str:
     lines.append(f"Fig.1 {f['variable']} {f['shape']}: {f['near_zero_share']:.1%} of weights "
                  f"|w| < 1e-3; top 4% input dims hold {f['top_dims_power_share']:.1%} of the "
                  f"weight power; 80% of the power in the top {f['dims_for_80pct_power']:.1%} dims")
+  if "fig1" in result:
+    top = list(result["fig1"]["field_power_share"].items())
+    uniform = 1.0 / len(top)
+    lines.append("      weight power by field (uniform = " + f"{uniform:.1%}): " + ", ".join(
+        f"{k} {v:.1%}" for k, v in top[:6]) + " ... " + ", ".join(
+        f"{k} {v:.1%}" for k, v in top[-3:]))
   for l, s in enumerate(result.get("fig5", {}).get("layers", [])):
     lines.append(f"Fig.5 layer {l + 1}: ICS sparsity {s['sparsity']:.1%}, mean nonzero |h| "
                  f"{s['magnitude']:.3f}")
