@@ -14,11 +14,13 @@ other processes hits every size alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import pathlib
 import statistics
+import sys
 import tempfile
 import time
 
@@ -247,8 +249,9 @@ def quality(args) -> dict:
                           optimizer=args.quality_optimizer, early_stopping_patience=0,
                           verbose=0, seed=args.seed))
     cfg.validate()
-    state = training.train(cfg, overwrite=True)
-    ev = evaluation.evaluate(cfg)
+    with contextlib.redirect_stdout(sys.stderr):   # stdout carries only this command's JSON
+      state = training.train(cfg, overwrite=True)
+      ev = evaluation.evaluate(cfg)
     click = ev["tasks"]["click"]
     results[name] = {"backbone_params": state["backbone"]["backbone_params"],
                      "backbone_flops_per_example": state["backbone"]["backbone_flops_per_example"],
