@@ -21,6 +21,7 @@ half-written checkpoint behind the index):
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -30,6 +31,7 @@ import threading
 import time
 from typing import Callable, Optional
 
+import numpy as np
 import tensorflow as tf
 import yaml
 
@@ -132,14 +134,21 @@ class ResumableBackup(tf.keras.callbacks.BackupAndRestore):
   """
 
   def __init__(self, backup_dir: str, every_steps: int, steps_per_epoch: int,
-               coordinator=None, on_backup: Optional[Callable[[int], None]] = None):
+               coordinator=None, on_backup: Optional[Callable[[int], None]] = None,
+               on_restored: Optional[Callable[[], None]] = None):
     super().__init__(backup_dir, save_freq=every_steps, delete_checkpoint=False)
     self.every_steps = every_steps
     self.steps_per_epoch = steps_per_epoch
     self.coordinator = coordinator
     self.on_backup = on_backup
+    self.on_restored = on_restored
     self._done_in_epoch = 0
     self._since_backup = 0
+
+  def on_train_begin(self, logs=None):
+    super().on_train_begin(logs)          # restores the backup, if any
+    if self.on_restored:
+      self.on_restored()
 
   def on_epoch_begin(self, epoch, logs=None):
     super().on_epoch_begin(epoch, logs)
@@ -147,10 +156,11 @@ class ResumableBackup(tf.keras.callbacks.BackupAndRestore):
 
   def on_train_batch_begin(self, batch, logs=None):
     if self._done_in_epoch is None:       # first call of the epoch: resume offset
-      self._done_in_epoch = batch
+      self._done_in_epoch = int(batch)
 
   def on_train_batch_end(self, batch, logs=None):
     # `batch` is the index of the last step this call ran.
+    batch = int(batch)
     ran = batch + 1 - self._done_in_epoch
     self._done_in_epoch = batch + 1
     self._since_backup += ran
@@ -161,6 +171,7 @@ class ResumableBackup(tf.keras.callbacks.BackupAndRestore):
     self._save(epoch, self.steps_per_epoch - 1)
 
   def _save(self, epoch: int, batch: int) -> None:
+    epoch, batch = int(epoch), int(batch)
     if self.coordinator is not None:
       self.coordinator.join()             # no step in flight while the state is read
     self._since_backup = 0
@@ -240,7 +251,8 @@ class RunLog(tf.keras.callbacks.Callback):
     if self.write:
       append_jsonl(self.dir / "progress.jsonl", {"time": round(time.time(), 3), **record})
 
-  def on_train_begin(self, logs=None):
+  def restored(self) -> None:
+    """Called by ResumableBackup once the backup (if any) is restored."""
     self.event({"event": "start", **self.start,
                 "optimizer_iterations": int(self.model.optimizer.iterations.numpy())})
 
@@ -272,6 +284,15 @@ def datasets(cfg: ExperimentConfig, spec, input_context=None):
     valid_ds = data_lib.make_dataset(d.valid, spec, d.batch_size, training=False,
                                      key="data.valid", **common)
   return train_ds, valid_ds
+
+
+def weights_digest(model: tf.keras.Model) -> str:
+  """SHA-256 of the trainable weights' bytes (equal on every worker of a synchronous run)."""
+  h = hashlib.sha256()
+  for v in sorted(model.trainable_variables, key=lambda v: v.name):
+    h.update(v.name.encode())
+    h.update(np.ascontiguousarray(v.numpy()).tobytes())
+  return h.hexdigest()
 
 
 def describe(model, cfg: ExperimentConfig) -> dict:
@@ -413,19 +434,18 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
                                        distribute.coordinator(strategy))
     valid_in = None
 
-  # Best weights: every worker saves (reading synchronised variables is collective); only
-  # the chief's copy stays.
+  # Best weights: every worker saves (reading synchronised variables is collective, and
+  # the first save creates a variable), through the same calls; only the chief's stays.
   ckpt = tf.train.Checkpoint(model=model)
   manager = tf.train.CheckpointManager(ckpt, str(model_dir / task.CKPT_SUBDIR), max_to_keep=2)
   had_checkpoint = manager.latest_checkpoint is not None     # same answer on every worker
+  own_dir = distribute.worker_dir(str(model_dir / task.CKPT_SUBDIR), strategy)
+  writer = manager if chief else tf.train.CheckpointManager(ckpt, own_dir, max_to_keep=1)
 
   def save_best(number: int) -> None:
-    if chief:
-      manager.save(checkpoint_number=number)
-      return
-    tmp = distribute.worker_dir(str(model_dir / task.CKPT_SUBDIR), strategy)
-    ckpt.write(os.path.join(tmp, "ckpt"))
-    shutil.rmtree(os.path.dirname(tmp), ignore_errors=True)
+    writer.save(checkpoint_number=number)
+    if not chief:
+      shutil.rmtree(os.path.dirname(own_dir), ignore_errors=True)
 
   saved_states = {}
   if start_step and (model_dir / "callbacks.json").exists():
@@ -454,7 +474,8 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   backup = ResumableBackup(backup_dir, cfg.train.checkpoint_every_steps, steps_per_epoch,
                            coordinator=distribute.coordinator(strategy),
                            on_backup=lambda step: log.event({"event": "backup",
-                                                             "global_step": step}))
+                                                             "global_step": step}),
+                           on_restored=log.restored)
   # Order matters: at an epoch end, the best checkpoint and the logs are written before
   # the backup that moves the resume point past this epoch.
   cbs = ([validation] if validation else []) + [best] + ([early] if early else []) + [log, backup]
@@ -487,6 +508,7 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
            "checkpoint": manager.latest_checkpoint if chief else None,
            "steps_per_epoch": steps_per_epoch, "resumed_from_step": start_step,
            "optimizer_iterations": int(model.optimizer.iterations.numpy()),
+           "weights_sha256": weights_digest(model),
            "distribution": {**distribute.describe(strategy), "global_batch": global_batch,
                             "per_replica_batch": global_batch // replicas,
                             "learning_rate_factor": lr_factor,
@@ -511,5 +533,8 @@ def main(argv: list[str], prog: str = "ssr_tf train") -> int:
   last = {k: v[-1] for k, v in state.get("history", {}).items()}
   print(json.dumps({"model_dir": cfg.train.model_dir, "epochs_run": state["epochs_run"],
                     "seconds": state.get("seconds"), "final": last,
-                    "checkpoint": state.get("checkpoint")}))
+                    "checkpoint": state.get("checkpoint"),
+                    "task": state.get("distribution", {}).get("task"),
+                    "optimizer_iterations": state.get("optimizer_iterations"),
+                    "weights_sha256": state.get("weights_sha256")}))
   return 0
