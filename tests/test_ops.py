@@ -111,6 +111,27 @@ def test_ics_compute_gradient():
     np.testing.assert_allclose(theo[0], num[0], atol=5e-3, rtol=5e-3)
 
 
+def test_dynamic_view_and_block_fusion_compute_gradient():
+  rng = np.random.default_rng(11)
+  x = rng.standard_normal((3, 4)).astype(np.float32)
+  w = rng.standard_normal((4, 2, 5)).astype(np.float32) / 2
+  alpha = np.full((2, 2), 0.3, np.float32)
+  gamma = rng.uniform(0.5, 1.5, (2, 5)).astype(np.float32)
+  for single_op in (False, True):
+    f = lambda x, w, a, g, s=single_op: ops.dynamic_view(x, w, a, g, single_op=s)
+    theo, num = tf.test.compute_gradient(f, [tf.constant(v) for v in (x, w, alpha, gamma)],
+                                         delta=1e-3)
+    for t, n in zip(theo, num):
+      np.testing.assert_allclose(t, n, atol=1e-2, rtol=1e-2)
+  h = rng.standard_normal((3, 2, 4)).astype(np.float32)
+  k = rng.standard_normal((2, 4, 3)).astype(np.float32)
+  b = rng.standard_normal((2, 3)).astype(np.float32)
+  theo, num = tf.test.compute_gradient(ops.block_fusion, [tf.constant(v) for v in (h, k, b)],
+                                       delta=1e-2)
+  for t, n in zip(theo, num):
+    np.testing.assert_allclose(t, n, atol=5e-3, rtol=5e-3)
+
+
 def _dynamic_ref(x, w, alpha, gamma):
   d_in, v, e = w.shape
   z = tf.reshape(tf.matmul(x, tf.reshape(w, [d_in, v * e])), [-1, v, e])
