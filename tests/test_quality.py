@@ -129,7 +129,7 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, synth_dir, capsys):
   res = quality.run_suite("ablation", splits, proto, [0], out, only=["ssr_d", "topk_ste"])
   assert set(res["models"]) == {"ssr_d", "topk_ste"}
   r = res["runs"][0]
-  assert 1 <= r["epochs_run"] <= 2 and 0.4 < r["test"]["click_auc"] <= 1.0
+  assert 0.25 <= r["epochs_run"] <= 2 and 0.4 < r["test"]["click_auc"] <= 1.0
   assert len(r["ics_sparsity"]) == 2 and all(0 < s < 1 for s in r["ics_sparsity"])
   assert r["backbone_params"] > 0 and r["backbone_flops"] > 0
   saved = json.loads((out / "ablation.json").read_text())

@@ -48,7 +48,10 @@ class Protocol:
 
   Attributes:
     epochs: maximum passes over the training split (the same for every model).
-    patience: epochs without a validation-AUC gain before stopping.
+    evals_per_epoch: validation points per epoch; the models here overfit within one or
+      two epochs, so epoch-level checks would miss most peaks by a seed-dependent margin.
+    patience: epochs without a validation-AUC gain before stopping (counted in
+      validation points: patience * evals_per_epoch).
     batch_size: examples per Adam step.
     learning_rate: Adam learning rate.
     embedding_dim: width of every field embedding.
@@ -57,6 +60,7 @@ class Protocol:
     train_eval_rows: training rows scored after training, for the train-vs-test gap.
   """
   epochs: int = 6
+  evals_per_epoch: int = 4
   patience: int = 1
   batch_size: int = 1024
   learning_rate: float = 1e-3
@@ -174,23 +178,30 @@ def run_one(splits: Splits, entry: dict, protocol: Protocol, seed: int,
   rng = np.random.default_rng(seed)
   history, best, best_weights, wait = [], -math.inf, None, 0
   start = time.time()
+  patience = proto.patience * proto.evals_per_epoch
+  stop = False
   for epoch in range(proto.epochs):
-    t0 = time.time()
-    fit = model.fit(_dataset(splits.train, proto.batch_size, rng.permutation(splits.train.rows)),
-                    epochs=1, verbose=0)
-    valid = score(splits.valid, predict(model, splits.valid))
-    rec = {"epoch": epoch + 1, "train_auc_running": float(fit.history["click_auc"][-1]),
-           "train_loss": float(fit.history["loss"][-1]), "valid_auc": valid["click_auc"],
-           "valid_logloss": valid["click_logloss"], "seconds": round(time.time() - t0, 1)}
-    history.append(rec)
-    log(f"    epoch {epoch + 1}: train_auc {rec['train_auc_running']:.4f} "
-        f"valid_auc {rec['valid_auc']:.4f} ({rec['seconds']}s)")
-    if rec["valid_auc"] > best:
-      best, best_weights, wait = rec["valid_auc"], model.get_weights(), 0
-    else:
-      wait += 1
-      if wait >= proto.patience:
-        break
+    chunks = np.array_split(rng.permutation(splits.train.rows), proto.evals_per_epoch)
+    for c, order in enumerate(chunks):
+      t0 = time.time()
+      fit = model.fit(_dataset(splits.train, proto.batch_size, order), epochs=1, verbose=0)
+      valid = score(splits.valid, predict(model, splits.valid))
+      rec = {"epoch": round(epoch + (c + 1) / len(chunks), 3),
+             "train_auc_running": float(fit.history["click_auc"][-1]),
+             "train_loss": float(fit.history["loss"][-1]), "valid_auc": valid["click_auc"],
+             "valid_logloss": valid["click_logloss"], "seconds": round(time.time() - t0, 1)}
+      history.append(rec)
+      log(f"    epoch {rec['epoch']:.2f}: train_auc {rec['train_auc_running']:.4f} "
+          f"valid_auc {rec['valid_auc']:.4f} ({rec['seconds']}s)")
+      if rec["valid_auc"] > best:
+        best, best_weights, wait = rec["valid_auc"], model.get_weights(), 0
+      else:
+        wait += 1
+        if wait >= patience:
+          stop = True
+          break
+    if stop:
+      break
   model.set_weights(best_weights)
   seconds = time.time() - start
   test = score(splits.test, predict(model, splits.test))
@@ -198,8 +209,9 @@ def run_one(splits: Splits, entry: dict, protocol: Protocol, seed: int,
   train = score(sub, predict(model, sub))
   result = {
       "seed": seed, "test": test, "train_click_auc": train["click_auc"],
-      "valid_click_auc": best, "best_epoch": int(np.argmax([h["valid_auc"] for h in history])) + 1,
-      "epochs_run": len(history), "seconds": round(seconds, 1), "history": history,
+      "valid_click_auc": best,
+      "best_epoch": history[int(np.argmax([h["valid_auc"] for h in history]))]["epoch"],
+      "epochs_run": history[-1]["epoch"], "seconds": round(seconds, 1), "history": history,
       "backbone_params": backbone_params(model), "backbone_flops": backbone_flops(model),
       "protocol": dataclasses.asdict(proto), "data": str(splits.data_dir.resolve()),
   }
@@ -426,7 +438,7 @@ def markdown(suite: str, agg: dict[str, dict], meta: dict) -> str:
     if suite in ("ics", "ablation", "gap", "table3"):
       sp = r.get("ics_sparsity")
       cells.append(" / ".join(f"{s:.0%}" for s in sp) if sp else "-")
-    cells += [f"{r['train_click_auc']:.4f}", f"{r['best_epoch']:.1f}",
+    cells += [f"{r['train_click_auc']:.4f}", f"{r['best_epoch']:.2f}",
               _fmt_n(r["backbone_params"]), _fmt_n(r["backbone_flops"]), f"{r['seconds']:.0f}"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
@@ -498,20 +510,19 @@ def run_suite(suite: str, splits: Splits, protocol: Protocol, seeds: list[int],
     if unknown:
       raise UserError(f"--models: {unknown} not in suite {suite!r}; choose from "
                       f"{sorted(models)}")
-    models = {k: v for k, v in models.items() if k in only}
+    models = {k: models[k] for k in only}                 # in the order given
   output.mkdir(parents=True, exist_ok=True)
   log_path = output / f"{suite}.runs.jsonl"
   if fresh and log_path.exists():
     log_path.unlink()
   runs = _load_runs(log_path)
   done = {(r["name"], r["seed"]) for r in runs}
-  reusable = _reusable(output)
   data = str(splits.data_dir.resolve())
   for name, entry in models.items():
     for seed in seeds:
       if (name, seed) in done:
         continue
-      hit = reusable.get(run_key(entry, _effective(entry, protocol), seed, data))
+      hit = _reusable(output).get(run_key(entry, _effective(entry, protocol), seed, data))
       if hit is not None:
         r = {**copy.deepcopy(hit[1]), "name": name, "entry": entry,
              "reused_from": hit[1].get("reused_from", hit[0].replace(".runs", ""))}
@@ -528,7 +539,7 @@ def run_suite(suite: str, splits: Splits, protocol: Protocol, seeds: list[int],
                   log=lambda s: print(s, flush=True))
       r.update(name=name, entry=entry)
       print(f"[{suite}] {name} seed {seed}: test click AUC {r['test']['click_auc']:.4f} "
-            f"(train {r['train_click_auc']:.4f}, best epoch {r['best_epoch']}, "
+            f"(train {r['train_click_auc']:.4f}, best epoch {r['best_epoch']:.2f}, "
             f"{r['seconds']:.0f}s)", flush=True)
       with log_path.open("a") as f:
         f.write(json.dumps(r) + "\n")
@@ -585,6 +596,7 @@ def main(argv: list[str], prog: str = "ssr_tf bench quality") -> int:
   p.add_argument("--models", default=None, help="comma-separated subset of the suite")
   p.add_argument("--epochs", type=int, default=Protocol.epochs)
   p.add_argument("--patience", type=int, default=Protocol.patience)
+  p.add_argument("--evals_per_epoch", type=int, default=Protocol.evals_per_epoch)
   p.add_argument("--learning_rate", type=float, default=Protocol.learning_rate)
   p.add_argument("--batch_size", type=int, default=Protocol.batch_size)
   p.add_argument("--output", default="benchmarks/quality", help="results folder")
@@ -593,13 +605,14 @@ def main(argv: list[str], prog: str = "ssr_tf bench quality") -> int:
   p.add_argument("--fresh", action="store_true",
                  help="discard earlier runs of this suite in --output (default: resume)")
   args = p.parse_args(argv)
-  if args.seeds < 1 or args.epochs < 1 or args.patience < 1:
-    p.error("--seeds, --epochs and --patience must be >= 1")
+  if min(args.seeds, args.epochs, args.patience, args.evals_per_epoch) < 1:
+    p.error("--seeds, --epochs, --patience and --evals_per_epoch must be >= 1")
   output = pathlib.Path(args.output)
   mode = args.mode or ("saturating" if args.suite == "scaling" else "default")
   data_dir = ensure_data(args.data, args.rows, mode, output)
   splits = load_splits(data_dir)
   protocol = Protocol(epochs=args.epochs, patience=args.patience,
+                      evals_per_epoch=args.evals_per_epoch,
                       learning_rate=args.learning_rate, batch_size=args.batch_size)
   only = [m.strip() for m in args.models.split(",")] if args.models else None
   result = run_suite(args.suite, splits, protocol, list(range(args.seeds)), output, only,
