@@ -26,7 +26,7 @@ print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))
 
 @pytest.mark.parametrize("model,backbone,pay_mode", [
     ("ssr", {"mode": "dynamic"}, "esmm"),
-    ("ssr", {"mode": "static"}, "independent"),
+    ("ssr", {"mode": "static", "num_views": 8, "view_dim": 16}, "independent"),
     ("dnn", {"hidden_units": [32, 16]}, "independent"),
 ])
 def test_train_evaluate_export_reload(tmp_path, make_config, capsys, model, backbone, pay_mode):
