@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -32,10 +33,20 @@ def sources() -> list[pathlib.Path]:
   return [s for s in srcs if not s.name.endswith(".cu.cc")]
 
 
+_SYSCONFIG = ("import json, tensorflow as tf; "
+              "print(json.dumps([tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags()]))")
+
+
 def _tf_flags() -> tuple[list[str], list[str]]:
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  return list(tf.sysconfig.get_compile_flags()), list(tf.sysconfig.get_link_flags())
+  """tf.sysconfig's compile and link flags, read in a child Python so TF's start-up log lines
+  do not clutter `make ops` (they are shown if the import fails)."""
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+  res = subprocess.run([sys.executable, "-c", _SYSCONFIG], capture_output=True, text=True,
+                       env=env, check=False)
+  if res.returncode != 0:
+    raise RuntimeError(f"cannot import tensorflow to read tf.sysconfig:\n{res.stderr[-3000:]}")
+  cflags, lflags = json.loads(res.stdout.strip().splitlines()[-1])
+  return list(cflags), list(lflags)
 
 
 def _accepts(cxx: str, flag: str) -> bool:
