@@ -311,7 +311,7 @@ def validation_batch_size(records: int, global_batch: int, replicas: int) -> int
   return batch
 
 
-def _inputs(cfg: ExperimentConfig, spec, strategy, global_batch: int, start_step: int,
+def inputs(cfg: ExperimentConfig, spec, strategy, global_batch: int, start_step: int,
             counts: list[int], count_cache: Optional[str]):
   """(train input, validation input) for `fit` under `strategy`.
 
@@ -424,7 +424,7 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   backup_dir = str(model_dir / BACKUP_SUBDIR)
   initial_epoch, initial_step = resume_point(backup_dir, steps_per_epoch)
   start_step = initial_epoch * steps_per_epoch + initial_step
-  train_in, valid_in = _inputs(cfg, spec, strategy, global_batch, start_step, counts,
+  train_in, valid_in = inputs(cfg, spec, strategy, global_batch, start_step, counts,
                                count_cache)
   validation = None
   if is_ps and valid_in is not None:
@@ -512,8 +512,7 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
            "distribution": {**distribute.describe(strategy), "global_batch": global_batch,
                             "per_replica_batch": global_batch // replicas,
                             "learning_rate_factor": lr_factor,
-                            "embedding_shards": {k: v["shards"] for k, v in
-                                                 distribute.shard_report(model).items()},
+                            "embedding_shards": distribute.shard_report(model),
                             "sparse_gradients": dict(getattr(optimizer, "sparse_report", {}))}}
   if chief:
     atomic_write_text(state_file, json.dumps(state, indent=2))
