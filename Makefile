@@ -35,7 +35,7 @@ test-fast: ops
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider -m "not slow"
 
 clean:
-	rm -rf $(DEMO) build ops/*.so *.egg-info
+	rm -rf $(DEMO) build ops/build ops/*.so *.egg-info
 
 # Regenerates README's configuration reference from the config dataclasses.
 docs: $(STAMP)
