@@ -307,16 +307,17 @@ ICS = {
 
 
 def _scaling() -> dict:
-  """Figure 3: four sizes per family (roughly 4x backbone parameters per step)."""
+  """Figure 3: four sizes per family, backbone parameters from ~20-100K to ~2-3M."""
   out = {}
-  for i, (b, dv) in enumerate([(4, 16), (8, 32), (16, 64), (32, 64)]):
+  for i, (b, dv) in enumerate([(4, 16), (8, 32), (16, 32), (16, 64)]):
     out[f"ssr_d/{i}"] = _variant(SSR_D, num_views=b, view_dim=dv, expanded_dim=2 * dv)
-    out[f"ssr_s/{i}"] = _variant(SSR_S, num_views=2 * b, view_dim=2 * dv)
+  for i, (b, dv) in enumerate([(8, 32), (16, 64), (32, 128), (64, 128)]):
+    out[f"ssr_s/{i}"] = _variant(SSR_S, num_views=b, view_dim=dv)
   for i, u in enumerate([128, 256, 512, 1024]):
     out[f"dnn/{i}"] = {"name": "dnn", "backbone": {"hidden_units": [u, u, u]}}
     out[f"dcnv2/{i}"] = {"name": "dcnv2", "backbone": {
         "num_cross_layers": 3, "projection_dim": u // 4, "hidden_units": [u, u]}}
-  for i, d in enumerate([32, 64, 128, 256]):
+  for i, d in enumerate([16, 32, 64, 128]):
     out[f"rankmixer/{i}"] = {"name": "rankmixer", "backbone": {
         "num_tokens": 8, "token_dim": d, "num_layers": 2, "ffn_mult": 4}}
   return out
