@@ -7,15 +7,17 @@ BIN=.venv/bin
 OUT=demo_out
 ROWS=${DEMO_ROWS:-600000}
 export TF_CPP_MIN_LOG_LEVEL=2
-quiet() { grep -v -E "cuInit|cuda_|absl::InitializeLog|^WARNING: All log|TF-TRT|rebuild TensorFlow|cpu_feature_guard" || true; }
+quiet() { grep -v -E "cuInit|cuda_|cudart_stub|^[IEW]0000 |absl::InitializeLog|^WARNING: All log|TF-TRT|rebuild TensorFlow|cpu_feature_guard" || true; }
 step() { printf '\n== %s\n' "$*"; }
 start=$(date +%s)
 
 step "1/6 synthetic data: $ROWS rows (ssr_tf data synth)"
 if [ ! -f "$OUT/data/stats.json" ] || [ "$(python3 -c "import json;print(json.load(open('$OUT/data/stats.json'))['rows'])")" != "$ROWS" ]; then
   rm -rf "$OUT/data"
-  $BIN/ssr_tf data synth --output "$OUT/data" --rows "$ROWS" --seed 0 2>&1 | quiet | tail -n 3
+  mkdir -p "$OUT"
+  $BIN/ssr_tf data synth --output "$OUT/data" --rows "$ROWS" --seed 0 2>&1 | quiet > "$OUT/synth.log"
 fi
+$BIN/python -c "import json; s = json.load(open('$OUT/data/stats.json')); print({k: (v['rows'], round(v['oracle_click_auc'], 4)) for k, v in s.items() if isinstance(v, dict)}, '(rows, oracle click AUC)')"
 step "2/6 train SSR-D (ssr_tf train --config configs/demo_ssr_d.yaml)"
 $BIN/ssr_tf train --config configs/demo_ssr_d.yaml --overwrite 2>&1 | quiet
 step "3/6 train the DNN baseline (ssr_tf train --config configs/demo_dnn.yaml)"
