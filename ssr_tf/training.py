@@ -350,6 +350,27 @@ def inputs(cfg: ExperimentConfig, spec, strategy, global_batch: int, start_step:
   return strategy.distribute_datasets_from_function(train_fn, distribute.input_options()), valid
 
 
+def _best_checkpoint_writer(model: tf.keras.Model, model_dir: pathlib.Path, strategy,
+                            chief: bool):
+  """(manager of model_dir/ckpt, save(number), whether a checkpoint existed before).
+
+  Every worker saves (reading synchronised variables is collective, and the first save
+  creates a variable), through the same calls; only the chief's copy stays.
+  """
+  ckpt = tf.train.Checkpoint(model=model)
+  manager = tf.train.CheckpointManager(ckpt, str(model_dir / task.CKPT_SUBDIR), max_to_keep=2)
+  had_checkpoint = manager.latest_checkpoint is not None     # same answer on every worker
+  own_dir = distribute.worker_dir(str(model_dir / task.CKPT_SUBDIR), strategy)
+  writer = manager if chief else tf.train.CheckpointManager(ckpt, own_dir, max_to_keep=1)
+
+  def save(number: int) -> None:
+    writer.save(checkpoint_number=number)
+    if not chief:
+      shutil.rmtree(os.path.dirname(own_dir), ignore_errors=True)
+
+  return manager, save, had_checkpoint
+
+
 def _clear_run(model_dir: pathlib.Path) -> None:
   """--overwrite: forget a previous run (backup, checkpoints, logs, state)."""
   for name in (BACKUP_SUBDIR, task.CKPT_SUBDIR):
@@ -434,18 +455,8 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
                                        distribute.coordinator(strategy))
     valid_in = None
 
-  # Best weights: every worker saves (reading synchronised variables is collective, and
-  # the first save creates a variable), through the same calls; only the chief's stays.
-  ckpt = tf.train.Checkpoint(model=model)
-  manager = tf.train.CheckpointManager(ckpt, str(model_dir / task.CKPT_SUBDIR), max_to_keep=2)
-  had_checkpoint = manager.latest_checkpoint is not None     # same answer on every worker
-  own_dir = distribute.worker_dir(str(model_dir / task.CKPT_SUBDIR), strategy)
-  writer = manager if chief else tf.train.CheckpointManager(ckpt, own_dir, max_to_keep=1)
-
-  def save_best(number: int) -> None:
-    writer.save(checkpoint_number=number)
-    if not chief:
-      shutil.rmtree(os.path.dirname(own_dir), ignore_errors=True)
+  manager, save_best, had_checkpoint = _best_checkpoint_writer(model, model_dir, strategy,
+                                                               chief)
 
   saved_states = {}
   if start_step and (model_dir / "callbacks.json").exists():

@@ -251,3 +251,14 @@ def test_stream_order_depends_on_data_seed_only(synth_dir):
     orders.append(np.concatenate(take(stream(synth_dir, 64, seed=data_seed), 3)))
   np.testing.assert_array_equal(orders[0], orders[1])
   assert not np.array_equal(orders[0], orders[2])
+
+
+def test_bench_checkpoint_timing(synth_dir, capsys):
+  from ssr_tf.bench import distributed as bench
+  assert bench.main(["--data", str(synth_dir), "--skip", "single,mirrored,multi_worker",
+                     "--checkpoint_rows", "1000,4000", "--checkpoint_dim", "8"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out["throughput"] == {} and "overhead" in out["note"]
+  sizes = [c["megabytes_on_disk"] for c in out["checkpoint"]]
+  assert [c["params_incl_adam_slots"] for c in out["checkpoint"]] == [24000, 96000]
+  assert sizes[1] > 3 * sizes[0] and all(c["save_s"] > 0 for c in out["checkpoint"])
