@@ -227,8 +227,9 @@ def train_stream(pattern: str, spec: FeatureSpec, batch_size: int, *, key: str =
   ``batch_size * replicas_per_pipeline`` records of the stream, so `start_step` (the
   global step a restored run continues from) maps to an exact record position: the
   stream starts at epoch ``pos // n`` and skips ``pos % n`` records. With
-  ``deterministic: false`` the count skipped is exact but parallel reads may order the
-  records around the cut differently. `per_worker_seed` (parameter servers, whose
+  ``deterministic: false`` the count skipped is exact but parallel reads may put other
+  records before the cut, so within the resumed epoch some records may be read twice
+  and as many not at all. `per_worker_seed` (parameter servers, whose
   workers cannot be told apart) seeds each worker's shuffles from its clock instead.
   `counts` (records per file of the whole split) saves the counting pass; pass them when
   the function is traced (parameter-server workers), where eager reads are impossible.

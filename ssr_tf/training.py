@@ -79,7 +79,8 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
 def make_optimizer(cfg: ExperimentConfig, learning_rate=None,
                    distributed: bool = False) -> tf.keras.optimizers.Optimizer:
   """Adam or Adagrad; `distributed` mixes in replica-mean, sparse-checked aggregation."""
-  cls = tf.keras.optimizers.Adagrad if cfg.train.optimizer == "adagrad" else tf.keras.optimizers.Adam
+  opts = tf.keras.optimizers
+  cls = opts.Adagrad if cfg.train.optimizer == "adagrad" else opts.Adam
   lr = cfg.train.learning_rate if learning_rate is None else learning_rate
   if distributed:
     return distribute.distributed_optimizer(cls, cfg.distribution, learning_rate=lr)

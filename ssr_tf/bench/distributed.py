@@ -36,11 +36,12 @@ def _free_port() -> int:
 
 def _worker(args) -> dict:
   """One process of one throughput case (runs in a fresh process)."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf
 
-  from ssr_tf import data as data_lib, distribute, task, training  # pylint: disable=import-outside-toplevel
-  from ssr_tf.bench import common  # pylint: disable=import-outside-toplevel
-  from ssr_tf.config import DataConfig, DistributionConfig, ExperimentConfig  # pylint: disable=import-outside-toplevel
+  from ssr_tf import data as data_lib, distribute, task, training
+  from ssr_tf.bench import common
+  from ssr_tf.config import DataConfig, DistributionConfig, ExperimentConfig
 
   data_dir = pathlib.Path(args.data)
   cfg = ExperimentConfig(
