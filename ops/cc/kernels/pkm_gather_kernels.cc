@@ -36,6 +36,19 @@ using GPUDevice = Eigen::GpuDevice;
 
 namespace functor {
 
+// Rows of a large table are random DRAM reads; prefetching the k rows of a later query row
+// overlaps their latency with the current row's arithmetic.
+constexpr int64_t kPrefetchRows = 2;
+
+template <typename T, typename Index>
+inline void PrefetchRows(const T* values, const Index* ids, int64_t k, int64_t dim) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (int64_t t = 0; t < k; ++t) {
+    const T* row = values + static_cast<int64_t>(ids[t]) * dim;
+    for (int64_t j = 0; j < dim; j += kLine) __builtin_prefetch(row + j);
+  }
+}
+
 template <typename T, typename Index>
 struct PkmGatherSum<CPUDevice, T, Index> {
   void operator()(const CPUDevice& d, const PkmShape& s, const T* values, const Index* indices,
@@ -43,6 +56,7 @@ struct PkmGatherSum<CPUDevice, T, Index> {
     const int64_t k = s.k, dim = s.dim;
     auto work = [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
+        if (r + kPrefetchRows < end) PrefetchRows(values, indices + (r + kPrefetchRows) * k, k, dim);
         T* o = out + r * dim;
         std::fill(o, o + dim, T(0));
         for (int64_t t = 0; t < k; ++t) {
@@ -66,6 +80,7 @@ struct PkmGatherSumGrad<CPUDevice, T, Index> {
     const int64_t k = s.k, dim = s.dim;
     auto work = [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
+        if (r + kPrefetchRows < end) PrefetchRows(values, indices + (r + kPrefetchRows) * k, k, dim);
         const T* g = grad + r * dim;
         for (int64_t t = 0; t < k; ++t) {
           const T w = weights[r * k + t];
