@@ -119,10 +119,11 @@ class ProductKeyMemory(tf.keras.layers.Layer):
   Utilisation: while training, hit counts per slot are summed over windows of
   `usage_window` examples; at the end of each window the share of slots hit and
   KL(usage || uniform) are stored and reported through `add_metric` as
-  ``{name}_slots_used`` and ``{name}_usage_kl`` (Keras logs), and written with
-  `tf.summary.scalar` as ``.../{name}/slots_used`` and ``.../{name}/usage_kl`` whenever a default
-  summary writer and step are set (Keras's TensorBoard callback sets both while training);
-  before the first window closes the running window is reported. Per step this costs
+  ``{name}_slots_used`` and ``{name}_usage_kl`` (Keras logs; before the first window
+  closes the running window is reported), and written with `tf.summary.scalar` as
+  ``.../{name}/slots_used`` and ``.../{name}/usage_kl`` at each window close, at the layer's
+  own training-step count, whenever a default summary writer is set (Keras's TensorBoard
+  callback sets one while training). Per step this costs
   O(batch * heads * k) (running sums of hits, used slots and c log c), plus one O(N) zeroing
   of the counts per window.
 
@@ -252,6 +253,8 @@ class ProductKeyMemory(tf.keras.layers.Layer):
       self.window_xlogx = self.add_weight("window_xlogx", shape=[], initializer="zeros",
                                           **stat64)
       self.window_hits = self.add_weight("window_hits", shape=[], initializer="zeros", **stat64)
+      self.train_steps = self.add_weight("train_steps", shape=[], initializer="zeros",
+                                         **{**stat, "dtype": tf.int64})
     super().build(input_shape)
 
   # -- retrieval ---------------------------------------------------------------------------
@@ -325,9 +328,6 @@ class ProductKeyMemory(tf.keras.layers.Layer):
                   else (self.last_used.read_value(), self.last_kl.read_value()))
       self.add_metric(used, name=f"{self.name}_slots_used")
       self.add_metric(kl, name=f"{self.name}_usage_kl")
-      if _is_training(training) and tf.summary.experimental.get_step() is not None:
-        tf.summary.scalar("slots_used", used)   # tag "<outer scopes>/<name>/slots_used";
-        tf.summary.scalar("usage_kl", kl)       # no-op without a default writer
     out = tf.reshape(out, tf.concat([lead, [self.value_dim]], 0))
     return tf.cast(out, self.compute_dtype)
 
@@ -377,7 +377,16 @@ class ProductKeyMemory(tf.keras.layers.Layer):
       return (tf.where(done, self.last_used.read_value(), used),
               tf.where(done, self.last_kl.read_value(), kl))
 
-    return tf.cond(seen >= float(self.usage_window), close, running)
+    closed = seen >= float(self.usage_window)
+    steps = self.train_steps.assign_add(1)
+    used, kl = tf.cond(closed, close, running)
+    # One point per closed window, at this layer's training-step count (Keras's TensorBoard
+    # callback pins its own default step at 0 inside compiled functions). Tags
+    # "<outer scopes>/<name>/slots_used"; a no-op without a default summary writer.
+    with tf.summary.record_if(closed):
+      tf.summary.scalar("slots_used", used, step=steps)
+      tf.summary.scalar("usage_kl", kl, step=steps)
+    return used, kl
 
   def usage(self) -> dict:
     """Utilisation of the current (open) window and of the last closed one, as floats."""
@@ -390,7 +399,8 @@ class ProductKeyMemory(tf.keras.layers.Layer):
 
   def reset_usage(self) -> None:
     for var in (self.slot_counts, self.window_seen, self.windows_done, self.last_used,
-                self.last_kl, self.window_used, self.window_xlogx, self.window_hits):
+                self.last_kl, self.window_used, self.window_xlogx, self.window_hits,
+                self.train_steps):
       var.assign(tf.zeros_like(var))
 
   def flops_per_example(self, input_dim: Optional[int] = None) -> int:
