@@ -344,14 +344,23 @@ def _gap() -> dict:
       "ssr_d/e128": _variant(SSR_D, expanded_dim=128),
       "ssr_d/alpha0.5": _variant(SSR_D, alpha_init=0.5),
       "ssr_d/no_filter": _variant(SSR_D, filter="none"),
+      "dcnv2": TABLE3["dcnv2"],
   }
   # protocol knobs: always for both models
   for tag, extra in (("lr3e-4", {"protocol": {"learning_rate": 3e-4}}),
                      ("lr3e-3", {"protocol": {"learning_rate": 3e-3}}),
                      ("l2_1e-4", {"embedding_l2": 1e-4}),
-                     ("l2_1e-3", {"embedding_l2": 1e-3})):
+                     ("l2_1e-3", {"embedding_l2": 1e-3}),
+                     ("lr1e-2", {"protocol": {"learning_rate": 1e-2}})):
     g[f"ssr_d/{tag}"] = _with(SSR_D, **extra)
     g[f"dnn/{tag}"] = _with(DNN, **extra)
+  # second round: the winners combined, at the learning rate that helped both models
+  fast = {"protocol": {"learning_rate": 3e-3}}
+  g["dcnv2/lr3e-3"] = _with(TABLE3["dcnv2"], **fast)
+  g["ssr_d/lr3e-3+e128"] = _with(_variant(SSR_D, expanded_dim=128), **fast)
+  g["ssr_d/lr3e-3+b16"] = _with(_variant(SSR_D, num_views=16), **fast)
+  g["ssr_d/lr3e-3+no_filter"] = _with(_variant(SSR_D, filter="none"), **fast)
+  g["ssr_d/lr3e-3+L1"] = _with(_variant(SSR_D, num_layers=1), **fast)
   return g
 
 
@@ -415,8 +424,8 @@ def markdown(suite: str, agg: dict[str, dict], meta: dict) -> str:
   if oracle:
     lines += [f"Oracle test click AUC (true probabilities): {oracle:.4f}.", ""]
   base = {"ablation": "ssr_d", "ics": "T5_alpha0.1", "gap": "ssr_d"}.get(suite)
-  head = "| model | click AUC | click LogLoss | pay AUC |"
-  sep = "|---|---|---|---|"
+  head = "| model | n | click AUC | click LogLoss | pay AUC |"
+  sep = "|---|---|---|---|---|"
   if base:
     head += f" ΔAUC vs {base} (×10⁻²) |"
     sep += "---|"
@@ -430,13 +439,14 @@ def markdown(suite: str, agg: dict[str, dict], meta: dict) -> str:
   sep += "---|---|---|---|---|"
   lines += [head, sep]
   for name, r in agg.items():
-    cells = [name, _pm(r, "click_auc"), _pm(r, "click_logloss"), f"{r['pay_auc']:.4f}"]
+    cells = [name, str(len(r["seeds"])), _pm(r, "click_auc"), _pm(r, "click_logloss"),
+             f"{r['pay_auc']:.4f}"]
     if base:
       cells.append(f"{(r['click_auc'] - agg[base]['click_auc']) * 100:+.2f}"
                    if base in agg else "-")
     if suite == "gap":
-      dnn = "dnn/" + name.split("/", 1)[1] if name.startswith("ssr_d/") and \
-          ("dnn/" + name.split("/", 1)[1]) in agg else "dnn"
+      tag = name.split("/", 1)[1].split("+")[0] if "/" in name else ""
+      dnn = f"dnn/{tag}" if f"dnn/{tag}" in agg else "dnn"    # same protocol knob
       cells.append(f"{(r['click_auc'] - agg[dnn]['click_auc']) * 100:+.2f} ({dnn})"
                    if dnn in agg and not name.startswith("dnn") else "-")
     if suite in ("ics", "ablation", "gap", "table3"):
@@ -548,15 +558,18 @@ def run_suite(suite: str, splits: Splits, protocol: Protocol, seeds: list[int],
       with log_path.open("a") as f:
         f.write(json.dumps(r) + "\n")
       runs.append(r)
-  runs = [r for r in runs if r["name"] in models and r["seed"] in seeds]
-  agg = aggregate(sorted(runs, key=lambda r: list(models).index(r["name"])))
+  # The report covers every run of the suite finished so far (all seeds, all models run
+  # in this or earlier invocations), in the suite's order; the table shows n per row.
+  order = list(SUITE_MODELS[suite])
+  runs = [r for r in _load_runs(log_path) if r["name"] in order]
+  agg = aggregate(sorted(runs, key=lambda r: (order.index(r["name"]), r["seed"])))
   stats_path = splits.data_dir / "stats.json"
   rows = json.loads(stats_path.read_text()) if stats_path.exists() else {}
   meta = {"suite": suite, "data": str(splits.data_dir),
           "rows": f"train {splits.train.rows}, valid {splits.valid.rows}, test "
                   f"{splits.test.rows} rows" + (f", synth mode {rows.get('mode')}"
                                                  if rows.get("mode") else ""),
-          "seeds": seeds, "protocol": dataclasses.asdict(protocol), "cpu_count": os.cpu_count(),
+          "seeds": sorted({r["seed"] for r in runs}), "protocol": dataclasses.asdict(protocol), "cpu_count": os.cpu_count(),
           "wall_minutes": sum(r["seconds"] for r in runs) / 60.0}
   result = {"meta": meta, "models": agg, "runs": runs}
   (output / f"{suite}.json").write_text(json.dumps(result, indent=2))
