@@ -351,6 +351,8 @@ def _gap() -> dict:
                      ("lr3e-3", {"protocol": {"learning_rate": 3e-3}}),
                      ("l2_1e-4", {"embedding_l2": 1e-4}),
                      ("l2_1e-3", {"embedding_l2": 1e-3}),
+                     ("l2_1e-2", {"embedding_l2": 1e-2}),
+                     ("l2_1e-1", {"embedding_l2": 1e-1}),
                      ("lr1e-2", {"protocol": {"learning_rate": 1e-2}})):
     g[f"ssr_d/{tag}"] = _with(SSR_D, **extra)
     g[f"dnn/{tag}"] = _with(DNN, **extra)
