@@ -121,6 +121,10 @@ class ICSSparsityLogger(tf.keras.callbacks.Callback):
       self._measure()
 
   def on_train_end(self, logs=None):
+    if self._writer is not None:     # kept open: fit() may be called again (chunked epochs)
+      self._writer.flush()
+
+  def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
       self._writer = None

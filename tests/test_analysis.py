@@ -84,7 +84,7 @@ def test_analyze_command_end_to_end(tmp_path, synth_dir, capsys):
   proto = quality.Protocol(epochs=1, batch_size=256, embedding_dim=8, train_eval_rows=200)
   model_dir = tmp_path / "m"
   quality.run_one(splits, {"name": "ssr", "backbone": TINY_SSR}, proto, 0, save_dir=model_dir,
-                  log=lambda s: None)
+                  log=lambda s: None, ics_log_every=2)
   assert cli.main(["analyze", "--checkpoint", str(model_dir / "ckpt" / "ckpt-1"),
                    "--rows", "256"]) == 0
   out = capsys.readouterr().out
@@ -93,4 +93,7 @@ def test_analyze_command_end_to_end(tmp_path, synth_dir, capsys):
   assert len(result["fig5"]["layers"]) == 2 and len(result["fig6"]["layers"]) == 2
   assert result["fig1"]["shape"] == [len(splits.spec.features) * 8, 4 * 16]
   assert (model_dir / "analysis" / "fig6_view_similarity.png").stat().st_size > 1000
+  curve = result["fig5"]["curves"]["ics/sparsity/layer_0"]          # logged during training
+  assert curve[0][0] == 0 and len(curve) >= 3
+  assert (model_dir / "analysis" / "fig5_ics_sparsity.png").stat().st_size > 1000
   assert cli.main(["analyze"]) == 2                           # no model given: one-line error

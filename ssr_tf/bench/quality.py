@@ -167,8 +167,13 @@ def model_config(entry: dict, protocol: Protocol, seed: int) -> ModelConfig:
 
 
 def run_one(splits: Splits, entry: dict, protocol: Protocol, seed: int,
-            save_dir: Optional[pathlib.Path] = None, log: Callable[[str], None] = print) -> dict:
-  """Trains one model under the protocol; returns test metrics, history and cost."""
+            save_dir: Optional[pathlib.Path] = None, log: Callable[[str], None] = print,
+            ics_log_every: int = 0) -> dict:
+  """Trains one model under the protocol; returns test metrics, history and cost.
+
+  With `save_dir` the best weights and config.yaml are kept there; with `ics_log_every`
+  > 0 (and SSR layers) ICS sparsity goes to TensorBoard under save_dir/logs/ics.
+  """
   proto = dataclasses.replace(protocol, **entry.get("protocol", {}))
   tf.keras.backend.clear_session()
   tf.keras.utils.set_random_seed(seed)
@@ -176,6 +181,12 @@ def run_one(splits: Splits, entry: dict, protocol: Protocol, seed: int,
   model = build_model(splits.spec, model_cfg)
   model.compile(optimizer=tf.keras.optimizers.Adam(proto.learning_rate))
   rng = np.random.default_rng(seed)
+  callbacks = []
+  if ics_log_every and save_dir is not None:
+    from ssr_tf.callbacks import ICSSparsityLogger, ssr_layers  # pylint: disable=import-outside-toplevel
+    if ssr_layers(model):
+      probe = splits.valid.take(np.arange(min(1024, splits.valid.rows))).features
+      callbacks.append(ICSSparsityLogger(str(save_dir / "logs" / "ics"), probe, ics_log_every))
   history, best, best_weights, wait = [], -math.inf, None, 0
   start = time.time()
   patience = proto.patience * proto.evals_per_epoch
@@ -184,7 +195,8 @@ def run_one(splits: Splits, entry: dict, protocol: Protocol, seed: int,
     chunks = np.array_split(rng.permutation(splits.train.rows), proto.evals_per_epoch)
     for c, order in enumerate(chunks):
       t0 = time.time()
-      fit = model.fit(_dataset(splits.train, proto.batch_size, order), epochs=1, verbose=0)
+      fit = model.fit(_dataset(splits.train, proto.batch_size, order), epochs=1, verbose=0,
+                      callbacks=callbacks)
       valid = score(splits.valid, predict(model, splits.valid))
       rec = {"epoch": round(epoch + (c + 1) / len(chunks), 3),
              "train_auc_running": float(fit.history["click_auc"][-1]),
@@ -204,6 +216,8 @@ def run_one(splits: Splits, entry: dict, protocol: Protocol, seed: int,
       break
   model.set_weights(best_weights)
   seconds = time.time() - start
+  for cb in callbacks:
+    cb.close()
   test = score(splits.test, predict(model, splits.test))
   sub = splits.train.take(np.arange(min(proto.train_eval_rows, splits.train.rows)))
   train = score(sub, predict(model, sub))
@@ -552,7 +566,7 @@ def run_suite(suite: str, splits: Splits, protocol: Protocol, seeds: list[int],
       save_dir = output / "models" / suite / f"{name.replace('/', '_')}_s{seed}" \
           if save_models else None
       r = run_one(splits, entry, protocol, seed, save_dir=save_dir,
-                  log=lambda s: print(s, flush=True))
+                  log=lambda s: print(s, flush=True), ics_log_every=50 if save_models else 0)
       r.update(name=name, entry=entry)
       print(f"[{suite}] {name} seed {seed}: test click AUC {r['test']['click_auc']:.4f} "
             f"(train {r['train_click_auc']:.4f}, best epoch {r['best_epoch']:.2f}, "
