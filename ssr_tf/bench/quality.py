@@ -358,6 +358,9 @@ def _gap() -> dict:
       "ssr_d/e128": _variant(SSR_D, expanded_dim=128),
       "ssr_d/alpha0.5": _variant(SSR_D, alpha_init=0.5),
       "ssr_d/no_filter": _variant(SSR_D, filter="none"),
+      # layer 1's fusion pre-activations have std ~0.03 (embeddings init at +-0.05), where
+      # GELU is linear; ReLU is scale-free
+      "ssr_d/relu": _variant(SSR_D, activation="relu"),
       "dcnv2": TABLE3["dcnv2"],
   }
   # protocol knobs: always for both models
@@ -377,6 +380,7 @@ def _gap() -> dict:
   g["ssr_d/lr3e-3+b16"] = _with(_variant(SSR_D, num_views=16), **fast)
   g["ssr_d/lr3e-3+no_filter"] = _with(_variant(SSR_D, filter="none"), **fast)
   g["ssr_d/lr3e-3+L1"] = _with(_variant(SSR_D, num_layers=1), **fast)
+  g["ssr_d/lr3e-3+relu"] = _with(_variant(SSR_D, activation="relu"), **fast)
   return g
 
 
