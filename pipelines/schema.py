@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 
 from ssr_tf.config import from_dict
 from ssr_tf.errors import ConfigError, DataError
+from ssr_tf.features import check_labels
 
 FORMATS = ("criteo", "avazu", "taobao", "csv")
 MAPPING_TYPES = ("categorical", "numeric", "multi_categorical", "datetime")
@@ -164,11 +165,7 @@ def _validate_mapping(m: Mapping, where: str) -> None:
     raise ConfigError(f"{where}: delimiter: must not be empty")
   if not m.features:
     raise ConfigError(f"{where}: features: is empty")
-  if "click" not in m.labels:
-    raise ConfigError(f"{where}: labels.click is required (the click label column)")
-  for task in m.labels:
-    if task not in ("click", "pay"):
-      raise ConfigError(f"{where}: labels.{task}: tasks are click and pay")
+  check_labels(where, m.labels)
   if m.group_id_dtype not in ("int64", "string"):
     raise ConfigError(f"{where}: group_id_dtype: must be int64 or string")
   for i, c in enumerate(m.features):

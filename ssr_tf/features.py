@@ -93,6 +93,18 @@ class Feature:
     return len(self.vocabulary()) + 1
 
 
+TASKS = ("click", "pay")
+
+
+def check_labels(where: str, labels: dict) -> None:
+  """labels maps task -> column: click is required, pay optional, nothing else."""
+  if "click" not in labels:
+    raise ConfigError(f"{where}: labels.click is required (the click label column)")
+  for task in labels:
+    if task not in TASKS:
+      raise ConfigError(f"{where}: labels.{task}: tasks are click and pay")
+
+
 @dataclasses.dataclass
 class FeatureSpec:
   """Features, labels and optional group id / oracle columns of a data set."""
@@ -150,11 +162,7 @@ class FeatureSpec:
             raise ConfigError(f"{path}.boundaries: must be increasing")
         if f.std <= 0:
           raise ConfigError(f"{path}.std: must be > 0")
-    if "click" not in self.labels:
-      raise ConfigError(f"{where}: labels.click is required")
-    for task in self.labels:
-      if task not in ("click", "pay"):
-        raise ConfigError(f"{where}: labels.{task}: tasks are click and pay")
+    check_labels(where, self.labels)
 
   @property
   def feature_names(self) -> list[str]:

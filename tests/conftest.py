@@ -46,3 +46,40 @@ def make_config(tmp_path, synth_dir):
   def make(**sections):
     return experiment_yaml(tmp_path, synth_dir, **sections)
   return make
+
+
+# Loads an export in a fresh interpreter that never imports ssr_tf (as TF Serving would)
+# and prints serving_default's outputs on the first N records of a shard.
+RELOAD = r"""
+import json, sys
+import tensorflow as tf
+assert "ssr_tf" not in sys.modules
+m = tf.saved_model.load(sys.argv[1])
+recs = [r.numpy() for r in tf.data.TFRecordDataset(sys.argv[2]).take(int(sys.argv[3]))]
+out = m.signatures["serving_default"](examples=tf.constant(recs))
+assert "ssr_tf" not in sys.modules
+print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))
+"""
+
+
+def assert_export_matches(export_dir, shard: str, keras_model, rows: int,
+                          keys=("click_prob", "pay_prob")) -> dict:
+  """Scores `rows` records of `shard` with the export in a subprocess without ssr_tf and
+  with `keras_model` here; asserts they agree to 1e-5 and returns the served outputs."""
+  import json
+  import subprocess
+  import sys
+
+  import numpy as np
+  import tensorflow as tf
+
+  from ssr_tf import data as data_lib
+  proc = subprocess.run([sys.executable, "-c", RELOAD, str(export_dir), shard, str(rows)],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  served = json.loads(proc.stdout.strip().splitlines()[-1])
+  recs = tf.constant([r.numpy() for r in tf.data.TFRecordDataset(shard).take(rows)])
+  want = keras_model(data_lib.parse_features(recs, keras_model.spec), training=False)
+  for key in keys:
+    np.testing.assert_allclose(served[key], want[key].numpy(), atol=1e-5)
+  return served

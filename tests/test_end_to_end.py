@@ -1,27 +1,15 @@
 """synth -> train -> evaluate -> export -> reload in a fresh process without ssr_tf."""
 import glob
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from ssr_tf import cli, task
 from ssr_tf.config import load_config
 from ssr_tf.models.ranker import backbone_params
 
-RELOAD = r"""
-import json, sys
-import tensorflow as tf
-assert "ssr_tf" not in sys.modules
-m = tf.saved_model.load(sys.argv[1])
-recs = [r.numpy() for r in tf.data.TFRecordDataset(sys.argv[2]).take(64)]
-out = m.signatures["serving_default"](examples=tf.constant(recs))
-assert "ssr_tf" not in sys.modules
-print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))
-"""
+from conftest import assert_export_matches
 
 
 # SSR-S sees a random 8 x 16 of the 112 input dims: on 2.4k rows it reached test AUC
@@ -56,18 +44,9 @@ def test_train_evaluate_export_reload(tmp_path, make_config, capsys, model, back
   export_dir = tmp_path / "export" / "1"
   assert (export_dir / "saved_model.pb").exists()
   shard = sorted(glob.glob(cfg.data.test))[0]
-  proc = subprocess.run([sys.executable, "-c", RELOAD, str(export_dir), shard],
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  served = json.loads(proc.stdout.strip().splitlines()[-1])
-
-  spec, keras_model = task.build(cfg)
+  _, keras_model = task.build(cfg)
   task.restore(keras_model, cfg.train.model_dir)
-  from ssr_tf import data as data_lib
-  recs = tf.constant([r.numpy() for r in tf.data.TFRecordDataset(shard).take(64)])
-  want = keras_model(data_lib.parse_features(recs, spec), training=False)
-  for key in ("click_prob", "pay_prob"):
-    np.testing.assert_allclose(served[key], want[key].numpy(), atol=1e-5)
+  served = assert_export_matches(export_dir, shard, keras_model, rows=64)
   if pay_mode == "esmm":
     assert np.all(np.array(served["pay_prob"]) <= np.array(served["click_prob"]) + 1e-7)
   assert backbone_params(keras_model) > 0

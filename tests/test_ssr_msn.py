@@ -3,8 +3,6 @@ export -> reload in a fresh process without ssr_tf."""
 import glob
 import json
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +13,8 @@ from ssr_tf.config import ModelConfig, load_config
 from ssr_tf.errors import ConfigError
 from ssr_tf.models import registry
 from ssr_tf.models.ssr_msn import MSNBackbone, MSNBackboneConfig
+
+from conftest import assert_export_matches
 
 SMALL_MEMORY = {"num_sub_keys": 8, "key_dim": 8, "top_k": 4, "value_dim": 8, "usage_window": 512}
 SSR = {"mode": "dynamic", "num_layers": 2, "num_views": 4, "view_dim": 8, "impl": "tf"}
@@ -69,17 +69,6 @@ def test_shipped_config_loads():
   assert bb.memories[0].num_sub_keys ** 2 == 65536
 
 
-RELOAD = r"""
-import json, sys
-import tensorflow as tf
-m = tf.saved_model.load(sys.argv[1])
-recs = [r.numpy() for r in tf.data.TFRecordDataset(sys.argv[2]).take(32)]
-out = m.signatures["serving_default"](examples=tf.constant(recs))
-assert "ssr_tf" not in sys.modules
-print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))
-"""
-
-
 def _tensorboard_steps(log_dir: pathlib.Path) -> dict:
   """{tag: [steps]} of every summary under log_dir."""
   steps: dict = {}
@@ -110,16 +99,9 @@ def test_trains_logs_utilisation_exports_and_reloads(tmp_path, make_config):
   export_dir = tmp_path / "export" / "1"
   cfg = load_config(str(cfg_path))
   shard = sorted(glob.glob(cfg.data.test))[0]
-  proc = subprocess.run([sys.executable, "-c", RELOAD, str(export_dir), shard],
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  served = json.loads(proc.stdout.strip().splitlines()[-1])
   _, model = task.build(cfg)
   task.restore(model, cfg.train.model_dir)
-  from ssr_tf import data as data_lib
-  recs = tf.constant([r.numpy() for r in tf.data.TFRecordDataset(shard).take(32)])
-  want = model(data_lib.parse_features(recs, model.spec), training=False)
-  np.testing.assert_allclose(served["click_prob"], want["click_prob"].numpy(), atol=1e-5)
+  assert_export_matches(export_dir, shard, model, rows=32, keys=("click_prob",))
   # The restored memory read is the trained one: some slots were hit while training.
   assert model.backbone.memories[0].slot_counts.numpy().sum() > 0 or \
       model.backbone.memories[0].windows_done.numpy() > 0

@@ -14,7 +14,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from ssr_tf.errors import ConfigError
+from ssr_tf.models.checks import Checks
 from ssr_tf.models import registry
 from ssr_tf.models.dnn import MLP
 
@@ -39,15 +39,10 @@ class AutoIntBackboneConfig:
   dropout: float = 0.0
 
   def validate(self) -> None:
-    def bad(key, why):
-      raise ConfigError(f"config key 'model.backbone.{key}': {why}")
-    for key in ("num_layers", "num_heads", "head_dim"):
-      if getattr(self, key) < 1:
-        bad(key, f"must be >= 1, got {getattr(self, key)}")
-    if any(u < 1 for u in self.hidden_units):
-      bad("hidden_units", f"widths must be >= 1, got {self.hidden_units}")
-    if not 0.0 <= self.dropout < 1.0:
-      bad("dropout", f"must be in [0, 1), got {self.dropout}")
+    c = Checks(self)
+    c.at_least_one("num_layers", "num_heads", "head_dim")
+    c.widths("hidden_units")
+    c.rate("dropout")
 
 
 @tf.keras.utils.register_keras_serializable(package="ssr_tf")

@@ -12,7 +12,7 @@ from typing import Optional
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from ssr_tf.errors import ConfigError
+from ssr_tf.models.checks import Checks
 from ssr_tf.models import registry
 from ssr_tf.models.dnn import MLP
 
@@ -38,18 +38,13 @@ class DCNv2BackboneConfig:
   dropout: float = 0.0
 
   def validate(self) -> None:
-    def bad(key, why):
-      raise ConfigError(f"config key 'model.backbone.{key}': {why}")
-    if self.structure not in ("stacked", "parallel"):
-      bad("structure", f"must be 'stacked' or 'parallel', got {self.structure!r}")
-    if self.num_cross_layers < 1:
-      bad("num_cross_layers", f"must be >= 1, got {self.num_cross_layers}")
+    c = Checks(self)
+    c.choice("structure", ("stacked", "parallel"))
+    c.at_least_one("num_cross_layers")
     if self.projection_dim is not None and self.projection_dim < 1:
-      bad("projection_dim", f"must be >= 1 or null, got {self.projection_dim}")
-    if any(u < 1 for u in self.hidden_units):
-      bad("hidden_units", f"widths must be >= 1, got {self.hidden_units}")
-    if not 0.0 <= self.dropout < 1.0:
-      bad("dropout", f"must be in [0, 1), got {self.dropout}")
+      c.bad("projection_dim", f"must be >= 1 or null, got {self.projection_dim}")
+    c.widths("hidden_units")
+    c.rate("dropout")
 
 
 @tf.keras.utils.register_keras_serializable(package="ssr_tf")

@@ -16,7 +16,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from ssr_tf.errors import ConfigError
+from ssr_tf.models.checks import Checks
 from ssr_tf.models import registry
 from ssr_tf.models.dnn import MLP
 
@@ -37,12 +37,9 @@ class DeepFMBackboneConfig:
   use_first_order: bool = True
 
   def validate(self) -> None:
-    if not self.hidden_units or any(u < 1 for u in self.hidden_units):
-      raise ConfigError("config key 'model.backbone.hidden_units': give one or more widths "
-                        f">= 1, got {self.hidden_units}")
-    if not 0.0 <= self.dropout < 1.0:
-      raise ConfigError(f"config key 'model.backbone.dropout': must be in [0, 1), got "
-                        f"{self.dropout}")
+    c = Checks(self)
+    c.widths("hidden_units", non_empty=True)
+    c.rate("dropout")
 
 
 def fm_second_order(fields: tf.Tensor) -> tf.Tensor:

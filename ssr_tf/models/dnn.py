@@ -5,7 +5,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from ssr_tf.errors import ConfigError
+from ssr_tf.models.checks import Checks
 from ssr_tf.models import registry
 
 
@@ -25,10 +25,9 @@ class DNNBackboneConfig:
   batch_norm: bool = False
 
   def validate(self) -> None:
-    if not self.hidden_units or any(u < 1 for u in self.hidden_units):
-      raise ConfigError("config key 'model.backbone.hidden_units': give one or more widths >= 1")
-    if not 0.0 <= self.dropout < 1.0:
-      raise ConfigError("config key 'model.backbone.dropout': must be in [0, 1)")
+    c = Checks(self)
+    c.widths("hidden_units", non_empty=True)
+    c.rate("dropout")
 
 
 @tf.keras.utils.register_keras_serializable(package="ssr_tf")

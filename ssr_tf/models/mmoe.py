@@ -12,7 +12,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from ssr_tf.errors import ConfigError
+from ssr_tf.models.checks import Checks
 from ssr_tf.models import registry
 from ssr_tf.models.dnn import MLP
 
@@ -37,16 +37,11 @@ class MMoEBackboneConfig:
   dropout: float = 0.0
 
   def validate(self) -> None:
-    def bad(key, why):
-      raise ConfigError(f"config key 'model.backbone.{key}': {why}")
-    if self.num_experts < 1:
-      bad("num_experts", f"must be >= 1, got {self.num_experts}")
-    if not self.expert_units or any(u < 1 for u in self.expert_units):
-      bad("expert_units", f"give one or more widths >= 1, got {self.expert_units}")
-    if any(u < 1 for u in self.tower_units):
-      bad("tower_units", f"widths must be >= 1, got {self.tower_units}")
-    if not 0.0 <= self.dropout < 1.0:
-      bad("dropout", f"must be in [0, 1), got {self.dropout}")
+    c = Checks(self)
+    c.at_least_one("num_experts")
+    c.widths("expert_units", non_empty=True)
+    c.widths("tower_units")
+    c.rate("dropout")
 
 
 @tf.keras.utils.register_keras_serializable(package="ssr_tf")

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssr_tf.errors import ConfigError
+from ssr_tf.models.checks import Checks
 from ssr_tf.models import registry
 
 
@@ -38,16 +39,12 @@ class RankMixerBackboneConfig:
   pooling: str = "mean"
 
   def validate(self) -> None:
-    def bad(key, why):
-      raise ConfigError(f"config key 'model.backbone.{key}': {why}")
-    for key in ("num_tokens", "token_dim", "num_layers", "ffn_mult"):
-      if getattr(self, key) < 1:
-        bad(key, f"must be >= 1, got {getattr(self, key)}")
+    c = Checks(self)
+    c.at_least_one("num_tokens", "token_dim", "num_layers", "ffn_mult")
     if self.token_dim % self.num_tokens:
-      bad("token_dim", f"must be a multiple of num_tokens ({self.num_tokens}), got "
-          f"{self.token_dim}")
-    if self.pooling not in ("mean", "flatten"):
-      bad("pooling", f"must be 'mean' or 'flatten', got {self.pooling!r}")
+      c.bad("token_dim", f"must be a multiple of num_tokens ({self.num_tokens}), got "
+            f"{self.token_dim}")
+    c.choice("pooling", ("mean", "flatten"))
 
 
 def token_groups(num_fields: int, num_tokens: int) -> list[np.ndarray]:

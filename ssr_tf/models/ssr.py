@@ -6,7 +6,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from ssr_tf.errors import ConfigError
+from ssr_tf.models.checks import Checks
 from ssr_tf.layers.ssr import SSRLayer
 from ssr_tf.models import registry
 
@@ -48,21 +48,14 @@ class SSRBackboneConfig:
   impl: str = "tf"
 
   def validate(self) -> None:
-    def bad(key, why):
-      raise ConfigError(f"config key 'model.backbone.{key}': {why}")
-    if self.mode not in ("static", "dynamic"):
-      bad("mode", f"must be 'static' or 'dynamic', got {self.mode!r}")
-    if self.impl not in ("tf", "fused", "auto"):
-      bad("impl", f"must be 'tf', 'fused' or 'auto', got {self.impl!r}")
-    if self.filter not in ("ics", "none", "topk", "dropout"):
-      bad("filter", f"must be ics, none, topk or dropout, got {self.filter!r}")
-    for key in ("num_layers", "num_views", "view_dim", "ics_iters"):
-      if getattr(self, key) < 1:
-        bad(key, "must be >= 1")
+    c = Checks(self)
+    c.choice("mode", ("static", "dynamic"))
+    c.choice("impl", ("tf", "fused", "auto"))
+    c.choice("filter", ("ics", "none", "topk", "dropout"))
+    c.at_least_one("num_layers", "num_views", "view_dim", "ics_iters")
     if self.expanded_dim is not None and self.expanded_dim <= self.view_dim:
-      bad("expanded_dim", f"must be > view_dim ({self.view_dim})")
-    if not 0.0 <= self.filter_rate < 1.0:
-      bad("filter_rate", "must be in [0, 1)")
+      c.bad("expanded_dim", f"must be > view_dim ({self.view_dim}), got {self.expanded_dim}")
+    c.rate("filter_rate")
 
 
 @tf.keras.utils.register_keras_serializable(package="ssr_tf")

@@ -10,7 +10,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from ssr_tf.errors import ConfigError
+from ssr_tf.models.checks import Checks
 from ssr_tf.layers.pkm import GATES, QUERY_NORMS, MemoryGate, ProductKeyMemory
 from ssr_tf.models import registry
 from ssr_tf.models.ssr import SSRBackbone, SSRBackboneConfig
@@ -67,8 +67,8 @@ class MSNBackboneConfig(SSRBackboneConfig):
   def validate(self) -> None:
     super().validate()
     for i, mem in enumerate(self.memories):
-      def bad(key, why, i=i):
-        raise ConfigError(f"config key 'model.backbone.memories[{i}].{key}': {why}")
+      c = Checks(mem, prefix=f"model.backbone.memories[{i}]")
+      bad = c.bad
       if not -1 <= mem.after_layer < self.num_layers:
         bad("after_layer", f"must be in [-1, num_layers - 1 = {self.num_layers - 1}], "
                            f"got {mem.after_layer}")
@@ -78,10 +78,8 @@ class MSNBackboneConfig(SSRBackboneConfig):
         bad("gate", f"must be one of {GATES}, got {mem.gate!r}")
       if mem.query_norm not in QUERY_NORMS:
         bad("query_norm", f"must be one of {QUERY_NORMS}, got {mem.query_norm!r}")
-      for key in ("num_sub_keys", "key_dim", "top_k", "value_dim", "heads", "overparam",
-                  "usage_window"):
-        if getattr(mem, key) < 1:
-          bad(key, f"must be >= 1, got {getattr(mem, key)}")
+      c.at_least_one("num_sub_keys", "key_dim", "top_k", "value_dim", "heads", "overparam",
+                     "usage_window")
       if mem.key_dim % 2:
         bad("key_dim", f"must be even (two half-queries), got {mem.key_dim}")
       ks = mem.sub_top_k or mem.top_k

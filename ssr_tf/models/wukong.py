@@ -12,7 +12,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from ssr_tf.errors import ConfigError
+from ssr_tf.models.checks import Checks
 from ssr_tf.models import registry
 from ssr_tf.models.dnn import MLP
 
@@ -40,14 +40,9 @@ class WukongBackboneConfig:
   activation: str = "relu"
 
   def validate(self) -> None:
-    def bad(key, why):
-      raise ConfigError(f"config key 'model.backbone.{key}': {why}")
-    for key in ("num_layers", "num_fm_embeddings", "num_lc_embeddings", "fm_rank"):
-      if getattr(self, key) < 1:
-        bad(key, f"must be >= 1, got {getattr(self, key)}")
-    for key in ("fmb_units", "hidden_units"):
-      if any(u < 1 for u in getattr(self, key)):
-        bad(key, f"widths must be >= 1, got {getattr(self, key)}")
+    c = Checks(self)
+    c.at_least_one("num_layers", "num_fm_embeddings", "num_lc_embeddings", "fm_rank")
+    c.widths("fmb_units", "hidden_units")
 
 
 @tf.keras.utils.register_keras_serializable(package="ssr_tf")
