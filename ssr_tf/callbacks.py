@@ -97,7 +97,9 @@ class ICSSparsityLogger(tf.keras.callbacks.Callback):
       return
     if self._writer is None:
       self._writer = tf.summary.create_file_writer(self.log_dir)
-    with self._writer.as_default():
+    # record_if(True): Keras' TensorBoard callback, when present, gates every summary
+    # written during fit() on its own update_freq; these points follow every_n_steps.
+    with self._writer.as_default(), tf.summary.record_if(True):
       for l, s in enumerate(stats):
         tf.summary.scalar(f"ics/sparsity/layer_{l}", s["sparsity"], step=self.step)
         tf.summary.scalar(f"ics/magnitude/layer_{l}", s["magnitude"], step=self.step)

@@ -85,6 +85,10 @@ class TrainConfig:
       also written at every epoch end).
     seed: global seed of initialisers and shuffling.
     verbose: Keras progress bar level (0, 1 or 2).
+    ics_log_every_steps: steps between TensorBoard points of each SSR layer's ICS output
+      sparsity and magnitude (``logs/ics``, the paper's Figure 5), measured on a fixed
+      probe batch of up to 1024 validation (else training) rows; 0 turns it off. Only for
+      models with SSR layers under the default strategy.
   """
   model_dir: str = "model_dir"
   epochs: int = 3
@@ -95,6 +99,7 @@ class TrainConfig:
   checkpoint_every_steps: int = 500
   seed: int = 42
   verbose: int = 2
+  ics_log_every_steps: int = 100
 
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "parameter_server")
@@ -238,6 +243,8 @@ class ExperimentConfig:
            "must be 'adam' or 'adagrad'")
     _check(self.train.steps_per_epoch >= 0, "train.steps_per_epoch", "must be >= 0")
     _check(self.train.checkpoint_every_steps > 0, "train.checkpoint_every_steps", "must be > 0")
+    _check(self.train.ics_log_every_steps >= 0, "train.ics_log_every_steps",
+           "must be >= 0 (0: off)")
     self.distribution.validate()
     from ssr_tf.models import registry  # pylint: disable=import-outside-toplevel
     registry.backbone_config(self.model)  # raises ConfigError naming model.name / model.backbone.*

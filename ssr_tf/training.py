@@ -38,6 +38,7 @@ import yaml
 from ssr_tf import data as data_lib
 from ssr_tf import distribute
 from ssr_tf import task
+from ssr_tf.callbacks import ICSSparsityLogger, ssr_layers
 from ssr_tf.config import ExperimentConfig, to_dict
 from ssr_tf.errors import DataError
 from ssr_tf.models.ranker import backbone_flops, backbone_params
@@ -397,6 +398,18 @@ def _merged_history(model_dir: pathlib.Path, fallback: dict, epochs_done: int) -
   return hist
 
 
+def _ics_logger(cfg: ExperimentConfig, model: tf.keras.Model, model_dir: pathlib.Path,
+                train_in, valid_in) -> Optional[ICSSparsityLogger]:
+  """The Figure 5 logger (ICS sparsity per SSR layer to model_dir/logs/ics), or None when
+  off, when the model has no SSR layers, or under a distribution strategy (the probe is
+  scored eagerly outside the strategy)."""
+  every = cfg.train.ics_log_every_steps
+  if not every or cfg.distribution.strategy != "default" or not ssr_layers(model):
+    return None
+  features, _ = next(iter(valid_in if valid_in is not None else train_in))
+  return ICSSparsityLogger(str(model_dir / "logs" / "ics"), features, every)
+
+
 def train(cfg: ExperimentConfig, overwrite: bool = False,
           callbacks: Optional[list] = None) -> dict:
   """Trains (or resumes) the experiment; returns the history and model description.
@@ -493,7 +506,8 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   cbs = ([validation] if validation else []) + [best] + ([early] if early else []) + [log, backup]
   cbs.append(tf.keras.callbacks.TensorBoard(str(model_dir / "logs"),
                                             update_freq="epoch" if is_ps else 100))
-  cbs += list(callbacks or [])
+  ics_logger = _ics_logger(cfg, model, model_dir, train_in, valid_in) if chief else None
+  cbs += ([ics_logger] if ics_logger else []) + list(callbacks or [])
   verbose = 2 if is_ps and cfg.train.verbose == 1 else cfg.train.verbose
   start = time.time()
 
@@ -510,6 +524,8 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
         bad = data_lib.find_corrupt_shard(data_lib.list_files(pattern, key),
                                           cfg.data.compression)
     raise DataError(f"{bad}: {e}" if bad else str(e)) from None
+  if ics_logger is not None:
+    ics_logger.close()
   if not had_checkpoint and not best.saves:
     save_best(cfg.train.epochs)
   epochs_done = initial_epoch + len(next(iter(history.history.values()), []))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ssr_tf import cli, task
+from ssr_tf.analysis import read_ics_curves
 from ssr_tf.config import load_config
 from ssr_tf.models.ranker import backbone_params
 
@@ -31,6 +32,12 @@ def test_train_evaluate_export_reload(tmp_path, make_config, capsys, model, back
   cfg = load_config(str(cfg_path))
   state = json.loads((tmp_path / "model" / "train_state.json").read_text())
   assert state["completed"] and state["epochs_run"] == 3
+  # Figure 5 during training: ICS sparsity per SSR layer in TensorBoard (start + each epoch).
+  curves = read_ics_curves(tmp_path / "model" / "logs" / "ics")
+  if model == "ssr" and backbone["mode"] == "dynamic":
+    assert len(curves["ics/sparsity/layer_1"]) >= 4 and "ics/magnitude/layer_0" in curves
+  elif model == "dnn":
+    assert curves == {}
   # Re-running the same command resumes/finishes instead of starting over.
   assert cli.main(["train", "--config", str(cfg_path)]) == 0
   assert "already completed" in capsys.readouterr().out
