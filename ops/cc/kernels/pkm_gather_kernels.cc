@@ -246,31 +246,63 @@ class ValuesInput {
   const Tensor* tensor_ = nullptr;
 };
 
+// Inputs 0..2 of the forward and backward ops: the value table (held as ValuesInput holds it,
+// for the whole Compute), indices and weights; shape() and the data once Check() has passed.
+template <typename Device, typename T, typename Index, bool kResource>
+class GatherInputs {
+ public:
+  explicit GatherInputs(OpKernelContext* c)
+      : table_(c), indices_(c->input(1)), weights_(c->input(2)) {}
+
+  // The table's status, then CheckInputs.
+  ::tensorflow::Status Check() {
+    TF_RETURN_IF_ERROR(table_.status());
+    return CheckInputs(table_.tensor(), indices_, weights_, &shape_);
+  }
+  // On the CPU, that every index lies in [0, slots).
+  ::tensorflow::Status CheckIndexRange() const {
+    return kIsCpu<Device> ? CheckRange<Index>(indices_, shape_.slots) : ::tensorflow::Status();
+  }
+
+  const functor::PkmShape& shape() const { return shape_; }
+  const T* values() const { return table_.tensor().template flat<T>().data(); }
+  const Index* indices() const { return indices_.flat<Index>().data(); }
+  const T* weights() const { return weights_.flat<T>().data(); }
+
+ private:
+  ValuesInput<kResource> table_;
+  const Tensor& indices_;
+  const Tensor& weights_;
+  functor::PkmShape shape_;
+};
+
+// Zeros `t` where a zero-length sum leaves nothing to add up (CPU only: the GPU kernels do
+// not take that case); `what` names the empty axis.
+template <typename Device, typename T>
+void FillZeros(OpKernelContext* c, Tensor* t, const char* what) {
+  OP_REQUIRES(c, kIsCpu<Device>, errors::Unimplemented(what, " = 0 on GPU"));
+  std::memset(t->flat<T>().data(), 0, t->NumElements() * sizeof(T));
+}
+
 template <typename Device, typename T, typename Index, bool kResource>
 class PkmSparseGatherSumOp : public OpKernel {
  public:
   explicit PkmSparseGatherSumOp(OpKernelConstruction* c) : OpKernel(c) {}
 
   void Compute(OpKernelContext* c) override {
-    ValuesInput<kResource> input(c);
-    OP_REQUIRES_OK(c, input.status());
-    const Tensor& values = input.tensor();
-    const Tensor& indices = c->input(1);
-    const Tensor& weights = c->input(2);
-    functor::PkmShape s;
-    OP_REQUIRES_OK(c, CheckInputs(values, indices, weights, &s));
-    if (kIsCpu<Device>) OP_REQUIRES_OK(c, CheckRange<Index>(indices, s.slots));
+    GatherInputs<Device, T, Index, kResource> in(c);
+    OP_REQUIRES_OK(c, in.Check());
+    OP_REQUIRES_OK(c, in.CheckIndexRange());
+    const functor::PkmShape& s = in.shape();
     Tensor* out = nullptr;
     OP_REQUIRES_OK(c, c->allocate_output(0, TensorShape({s.rows, s.dim}), &out));
     if (s.rows == 0 || s.dim == 0) return;
     if (s.k == 0) {
-      OP_REQUIRES(c, kIsCpu<Device>, errors::Unimplemented("k = 0 on GPU"));
-      std::memset(out->flat<T>().data(), 0, out->NumElements() * sizeof(T));
+      FillZeros<Device, T>(c, out, "k");
       return;
     }
-    functor::PkmGatherSum<Device, T, Index>()(
-        c->eigen_device<Device>(), s, values.flat<T>().data(), indices.flat<Index>().data(),
-        weights.flat<T>().data(), out->flat<T>().data());
+    functor::PkmGatherSum<Device, T, Index>()(c->eigen_device<Device>(), s, in.values(),
+                                              in.indices(), in.weights(), out->flat<T>().data());
   }
 };
 
@@ -280,32 +312,26 @@ class PkmSparseGatherSumGradOp : public OpKernel {
   explicit PkmSparseGatherSumGradOp(OpKernelConstruction* c) : OpKernel(c) {}
 
   void Compute(OpKernelContext* c) override {
-    ValuesInput<kResource> input(c);
-    OP_REQUIRES_OK(c, input.status());
-    const Tensor& values = input.tensor();
-    const Tensor& indices = c->input(1);
-    const Tensor& weights = c->input(2);
+    GatherInputs<Device, T, Index, kResource> in(c);
+    OP_REQUIRES_OK(c, in.Check());
+    const functor::PkmShape& s = in.shape();
     const Tensor& grad = c->input(3);
-    functor::PkmShape s;
-    OP_REQUIRES_OK(c, CheckInputs(values, indices, weights, &s));
     OP_REQUIRES(c, grad.shape() == TensorShape({s.rows, s.dim}),
                 errors::InvalidArgument("grad must be [rows, dim] = [", s.rows, ", ", s.dim,
                                         "], got ", grad.shape().DebugString()));
-    if (kIsCpu<Device>) OP_REQUIRES_OK(c, CheckRange<Index>(indices, s.slots));
+    OP_REQUIRES_OK(c, in.CheckIndexRange());
     Tensor* grad_weights = nullptr;
     Tensor* grad_rows = nullptr;
     OP_REQUIRES_OK(c, c->allocate_output(0, TensorShape({s.rows, s.k}), &grad_weights));
     OP_REQUIRES_OK(c, c->allocate_output(1, TensorShape({s.rows * s.k, s.dim}), &grad_rows));
     if (s.rows == 0 || s.k == 0) return;
     if (s.dim == 0) {
-      OP_REQUIRES(c, kIsCpu<Device>, errors::Unimplemented("dim = 0 on GPU"));
-      std::memset(grad_weights->flat<T>().data(), 0, grad_weights->NumElements() * sizeof(T));
+      FillZeros<Device, T>(c, grad_weights, "dim");
       return;
     }
     functor::PkmGatherSumGrad<Device, T, Index>()(
-        c->eigen_device<Device>(), s, values.flat<T>().data(), indices.flat<Index>().data(),
-        weights.flat<T>().data(), grad.flat<T>().data(), grad_weights->flat<T>().data(),
-        grad_rows->flat<T>().data());
+        c->eigen_device<Device>(), s, in.values(), in.indices(), in.weights(),
+        grad.flat<T>().data(), grad_weights->flat<T>().data(), grad_rows->flat<T>().data());
   }
 };
 

@@ -8,23 +8,12 @@
 #include <algorithm>
 #include <vector>
 
-#include "Eigen/Core"
+#include "ssr_cpu_kernel.h"
 #include "ssr_ics.h"
 #include "ssr_ics_cpu.h"
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/framework/tensor_shape.h"
 
 namespace ssr_tf {
 
-using ::tensorflow::errors::InvalidArgument;
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-using ::tensorflow::TensorShape;
-using CPUDevice = Eigen::ThreadPoolDevice;
-using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 #if GOOGLE_CUDA
 using GPUDevice = Eigen::GpuDevice;
 #endif
@@ -199,9 +188,9 @@ class SsrIcsGradOp : public OpKernel {
 // the ICS epilogue reads it back from cache and writes y and the means mu. (ssr_tf.ops
 // .dynamic_view uses TF's MatMul + SsrIcs by default: TF's oneDNN sgemm is faster than
 // Eigen's GEMM on x86; this one-op kernel is kept for single_op=True.)
-class SsrDynamicViewOp : public OpKernel {
+class SsrDynamicViewOp : public EigenGemmOpKernel {
  public:
-  explicit SsrDynamicViewOp(OpKernelConstruction* ctx) : OpKernel(ctx) { Eigen::initParallel(); }
+  using EigenGemmOpKernel::EigenGemmOpKernel;
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);

@@ -11,6 +11,55 @@ using ::tensorflow::shape_inference::DimensionHandle;
 using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
 
+namespace {
+
+// The [slots, dim] value table of the tensor forms: input 0.
+Status TensorValuesShape(InferenceContext* c, ShapeHandle* values) {
+  return c->WithRank(c->input(0), 2, values);
+}
+
+// The [slots, dim] shape of the variable behind input 0 of the resource forms, or an unknown
+// matrix.
+Status ResourceValuesShape(InferenceContext* c, ShapeHandle* values) {
+  auto* handle_data = c->input_handle_shapes_and_types(0);
+  if (handle_data == nullptr || handle_data->empty()) {
+    *values = c->Matrix(c->UnknownDim(), c->UnknownDim());
+    return Status();
+  }
+  return c->WithRank((*handle_data)[0].shape, 2, values);
+}
+
+// Shape functions of the gather ops, with the value table's shape read by `ValuesShape`.
+template <Status (*ValuesShape)(InferenceContext*, ShapeHandle*)>
+Status GatherSumShape(InferenceContext* c) {
+  ShapeHandle values, indices, weights;
+  TF_RETURN_IF_ERROR(ValuesShape(c, &values));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &indices));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &weights));
+  TF_RETURN_IF_ERROR(c->Merge(indices, weights, &indices));
+  c->set_output(0, c->Matrix(c->Dim(indices, 0), c->Dim(values, 1)));
+  return Status();
+}
+
+template <Status (*ValuesShape)(InferenceContext*, ShapeHandle*)>
+Status GatherSumGradShape(InferenceContext* c) {
+  ShapeHandle values, indices, weights, grad;
+  TF_RETURN_IF_ERROR(ValuesShape(c, &values));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &indices));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &weights));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 2, &grad));
+  TF_RETURN_IF_ERROR(c->Merge(indices, weights, &indices));
+  DimensionHandle rows, dim, nk;
+  TF_RETURN_IF_ERROR(c->Merge(c->Dim(indices, 0), c->Dim(grad, 0), &rows));
+  TF_RETURN_IF_ERROR(c->Merge(c->Dim(values, 1), c->Dim(grad, 1), &dim));
+  TF_RETURN_IF_ERROR(c->Multiply(rows, c->Dim(indices, 1), &nk));
+  c->set_output(0, c->Matrix(rows, c->Dim(indices, 1)));
+  c->set_output(1, c->Matrix(nk, dim));
+  return Status();
+}
+
+}  // namespace
+
 REGISTER_OP("PkmSparseGatherSum")
     .Input("values: T")
     .Input("indices: Tindices")
@@ -18,15 +67,7 @@ REGISTER_OP("PkmSparseGatherSum")
     .Output("output: T")
     .Attr("T: {float, double}")
     .Attr("Tindices: {int32, int64}")
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle values, indices, weights;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &values));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &indices));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &weights));
-      TF_RETURN_IF_ERROR(c->Merge(indices, weights, &indices));
-      c->set_output(0, c->Matrix(c->Dim(indices, 0), c->Dim(values, 1)));
-      return Status();
-    })
+    .SetShapeFn(GatherSumShape<TensorValuesShape>)
     .Doc(R"doc(
 out[r, :] = sum_t weights[r, t] * values[indices[r, t], :].
 
@@ -45,21 +86,7 @@ REGISTER_OP("PkmSparseGatherSumGrad")
     .Output("grad_rows: T")
     .Attr("T: {float, double}")
     .Attr("Tindices: {int32, int64}")
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle values, indices, weights, grad;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &values));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &indices));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &weights));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 2, &grad));
-      TF_RETURN_IF_ERROR(c->Merge(indices, weights, &indices));
-      DimensionHandle rows, dim, nk;
-      TF_RETURN_IF_ERROR(c->Merge(c->Dim(indices, 0), c->Dim(grad, 0), &rows));
-      TF_RETURN_IF_ERROR(c->Merge(c->Dim(values, 1), c->Dim(grad, 1), &dim));
-      TF_RETURN_IF_ERROR(c->Multiply(rows, c->Dim(indices, 1), &nk));
-      c->set_output(0, c->Matrix(rows, c->Dim(indices, 1)));
-      c->set_output(1, c->Matrix(nk, dim));
-      return Status();
-    })
+    .SetShapeFn(GatherSumGradShape<TensorValuesShape>)
     .Doc(R"doc(
 Gradient of PkmSparseGatherSum: grad_weights[r, t] = <grad[r, :], values[indices[r, t], :]>,
 grad_rows[r * k + t, :] = weights[r, t] * grad[r, :] (the IndexedSlices values for `values`,
@@ -70,20 +97,6 @@ with indices = reshape(indices, [-1])).
 // A dense read (ReadVariableOp) of a table that sparse updates have touched copies the whole
 // table every step (copy-on-read mode); these ops never do.
 
-namespace {
-
-// The [slots, dim] shape of the variable behind input 0, or an unknown matrix.
-Status ResourceValuesShape(InferenceContext* c, ShapeHandle* values) {
-  auto* handle_data = c->input_handle_shapes_and_types(0);
-  if (handle_data == nullptr || handle_data->empty()) {
-    *values = c->Matrix(c->UnknownDim(), c->UnknownDim());
-    return Status();
-  }
-  return c->WithRank((*handle_data)[0].shape, 2, values);
-}
-
-}  // namespace
-
 REGISTER_OP("PkmResourceSparseGatherSum")
     .Input("resource: resource")
     .Input("indices: Tindices")
@@ -91,15 +104,7 @@ REGISTER_OP("PkmResourceSparseGatherSum")
     .Output("output: dtype")
     .Attr("dtype: {float, double}")
     .Attr("Tindices: {int32, int64}")
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle values, indices, weights;
-      TF_RETURN_IF_ERROR(ResourceValuesShape(c, &values));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &indices));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &weights));
-      TF_RETURN_IF_ERROR(c->Merge(indices, weights, &indices));
-      c->set_output(0, c->Matrix(c->Dim(indices, 0), c->Dim(values, 1)));
-      return Status();
-    })
+    .SetShapeFn(GatherSumShape<ResourceValuesShape>)
     .Doc(R"doc(
 PkmSparseGatherSum with the value table read from a resource variable in place.
 )doc");
@@ -113,21 +118,7 @@ REGISTER_OP("PkmResourceSparseGatherSumGrad")
     .Output("grad_rows: dtype")
     .Attr("dtype: {float, double}")
     .Attr("Tindices: {int32, int64}")
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle values, indices, weights, grad;
-      TF_RETURN_IF_ERROR(ResourceValuesShape(c, &values));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &indices));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &weights));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 2, &grad));
-      TF_RETURN_IF_ERROR(c->Merge(indices, weights, &indices));
-      DimensionHandle rows, dim, nk;
-      TF_RETURN_IF_ERROR(c->Merge(c->Dim(indices, 0), c->Dim(grad, 0), &rows));
-      TF_RETURN_IF_ERROR(c->Merge(c->Dim(values, 1), c->Dim(grad, 1), &dim));
-      TF_RETURN_IF_ERROR(c->Multiply(rows, c->Dim(indices, 1), &nk));
-      c->set_output(0, c->Matrix(rows, c->Dim(indices, 1)));
-      c->set_output(1, c->Matrix(nk, dim));
-      return Status();
-    })
+    .SetShapeFn(GatherSumGradShape<ResourceValuesShape>)
     .Doc(R"doc(
 PkmSparseGatherSumGrad with the value table read from a resource variable in place.
 )doc");
