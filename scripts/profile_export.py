@@ -41,7 +41,9 @@ def main(argv: list[str]) -> int:
   export_dir, pattern = args[0], args[1]
   n = int(args[2]) if len(args) > 2 else 128
   if "--fused" in argv:
-    import ssr_tf.ops  # noqa: F401  pylint: disable=import-outside-toplevel
+    import ssr_tf.ops  # pylint: disable=import-outside-toplevel
+    if not ssr_tf.ops.is_available():            # loads ops/_ssr_ops.so (registers the ops)
+      raise SystemExit(f"--fused: the op library did not load: {ssr_tf.ops.load_error()}")
   records = _records(pattern, n)
   config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=1,
                                     inter_op_parallelism_threads=1)

@@ -29,6 +29,14 @@ CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 
 
+def _register_custom_ops() -> None:
+  """Registers ssr_tf's fused ops (if ops/_ssr_ops.so is built) so that exports written with
+  `ssr_tf export --fused` load; pure-TF exports do not need them. Stock TF Serving cannot
+  load fused exports (no custom ops there): that is why the default export is pure TF."""
+  from ssr_tf import ops  # pylint: disable=import-outside-toplevel
+  ops.is_available()
+
+
 @dataclasses.dataclass
 class OutputSpec:
   """One signature output: graph tensor name and dtype enum."""
@@ -99,6 +107,7 @@ class Servable:
                                       inter_op_parallelism_threads=inter_op_threads,
                                       allow_soft_placement=True)
     self._session = tf.compat.v1.Session(graph=self._graph, config=config)
+    _register_custom_ops()
     level = tf.get_logger().level
     tf.get_logger().setLevel(logging.ERROR)      # the TF1 loader logs a deprecation notice
     try:

@@ -85,3 +85,28 @@ def test_real_export_served_end_to_end(tmp_path, make_config, capsys):
     assert len(lines) == 1 + sum(1 for _ in tf.data.TFRecordDataset(shard))
     np.testing.assert_allclose(float(lines[1].split("\t")[0]), want["click_prob"].numpy()[0],
                                atol=2e-6)
+
+
+def test_fused_export_loads_in_our_server_engine(tmp_path, make_config):
+  """`ssr_tf export --fused` keeps the custom ops; our server engine registers them and
+  scores like the pure-TF export (stock TF Serving could not load this one)."""
+  from ssr_tf import ops
+  from ssr_tf.serving.servable import Servable
+  if not ops.is_available():
+    pytest.skip(f"custom-op library not built: {ops.load_error()}")
+  cfg_path = make_config()
+  assert cli.main(["train", "--config", str(cfg_path)]) == 0
+  for name, flags in (("plain", []), ("fused", ["--fused"])):
+    assert cli.main(["export", "--config", str(cfg_path), "--output",
+                     str(tmp_path / name)] + flags) == 0
+  assert {"SsrIcs", "SsrBlockFusion"} & _op_types(str(tmp_path / "fused" / "1"))
+  cfg = load_config(str(cfg_path))
+  shard = sorted(glob.glob(cfg.data.test))[0]
+  records = np.array([r.numpy() for r in tf.data.TFRecordDataset(shard).take(64)], dtype=object)
+  out = {}
+  for name in ("plain", "fused"):
+    servable = Servable("ssr", 1, str(tmp_path / name / "1"), intra_op_threads=1)
+    sig = servable.signatures["serving_default"]
+    out[name] = servable.run(sig, {"examples": records}, ["click_prob"])
+  np.testing.assert_allclose(out["fused"]["click_prob"], out["plain"]["click_prob"],
+                             rtol=1e-4, atol=1e-6)
