@@ -9,11 +9,9 @@ import numpy as np
 import tensorflow as tf
 
 from ssr_tf.config import ModelConfig
-from ssr_tf.features import FeatureSpec
+from ssr_tf.features import TASKS, FeatureSpec
 from ssr_tf.layers.embedding import FeatureEmbedding
 from ssr_tf.models import registry
-
-TASKS = ("click", "pay")
 
 
 class RankingModel(tf.keras.Model):

@@ -68,26 +68,22 @@ class MSNBackboneConfig(SSRBackboneConfig):
     super().validate()
     for i, mem in enumerate(self.memories):
       c = Checks(mem, prefix=f"model.backbone.memories[{i}]")
-      bad = c.bad
       if not -1 <= mem.after_layer < self.num_layers:
-        bad("after_layer", f"must be in [-1, num_layers - 1 = {self.num_layers - 1}], "
-                           f"got {mem.after_layer}")
-      if mem.query_from not in QUERY_SOURCES:
-        bad("query_from", f"must be one of {QUERY_SOURCES}, got {mem.query_from!r}")
-      if mem.gate not in GATES:
-        bad("gate", f"must be one of {GATES}, got {mem.gate!r}")
-      if mem.query_norm not in QUERY_NORMS:
-        bad("query_norm", f"must be one of {QUERY_NORMS}, got {mem.query_norm!r}")
+        c.bad("after_layer", f"must be in [-1, num_layers - 1 = {self.num_layers - 1}], "
+                             f"got {mem.after_layer}")
+      c.choice("query_from", QUERY_SOURCES)
+      c.choice("gate", GATES)
+      c.choice("query_norm", QUERY_NORMS)
       c.at_least_one("num_sub_keys", "key_dim", "top_k", "value_dim", "heads", "overparam",
                      "usage_window")
       if mem.key_dim % 2:
-        bad("key_dim", f"must be even (two half-queries), got {mem.key_dim}")
+        c.bad("key_dim", f"must be even (two half-queries), got {mem.key_dim}")
       ks = mem.sub_top_k or mem.top_k
       if ks > mem.num_sub_keys:
-        bad("sub_top_k" if mem.sub_top_k else "top_k",
-            f"must be <= num_sub_keys ({mem.num_sub_keys}), got {ks}")
+        c.bad("sub_top_k" if mem.sub_top_k else "top_k",
+              f"must be <= num_sub_keys ({mem.num_sub_keys}), got {ks}")
       if mem.top_k > ks * ks:
-        bad("top_k", f"must be <= sub_top_k**2 = {ks * ks}, got {mem.top_k}")
+        c.bad("top_k", f"must be <= sub_top_k**2 = {ks * ks}, got {mem.top_k}")
 
 
 @tf.keras.utils.register_keras_serializable(package="ssr_tf")
