@@ -89,6 +89,9 @@ def test_trains_logs_utilisation_exports_and_reloads(tmp_path, make_config):
   assert cli.main(["train", "--config", str(cfg_path)]) == 0
   state = json.loads((tmp_path / "model" / "train_state.json").read_text())
   assert state["completed"] and np.isfinite(state["history"]["loss"][-1])
+  # The memory's add_metric values reach the Keras logs (and so the epoch history).
+  used = [k for k in state["history"] if k.endswith("slots_used")]
+  assert used and 0 < state["history"][used[0]][-1] <= 1
   steps = _tensorboard_steps(tmp_path / "model" / "logs")
   tag = "ssr_msn_backbone/memory_0/slots_used"
   assert tag in steps and "ssr_msn_backbone/memory_0/usage_kl" in steps

@@ -115,9 +115,16 @@ class RankingModel(tf.keras.Model):
 
   @property
   def metrics(self):
+    """Losses and AUCs per task, then what layers report through ``add_metric`` (e.g.
+    the memory layers' slot usage), so Keras logs and resets them all."""
     tasks = TASKS if self.has_pay else ("click",)
-    return ([self.loss_trackers["loss"]] + [self.loss_trackers[f"{t}_loss"] for t in tasks]
-            + [self.auc_metrics[t] for t in tasks])
+    own = ([self.loss_trackers["loss"]] + [self.loss_trackers[f"{t}_loss"] for t in tasks]
+           + [self.auc_metrics[t] for t in tasks])
+    seen = {id(m) for m in own} | {id(m) for m in self.loss_trackers.values()} | {
+        id(m) for m in self.auc_metrics.values()}
+    added = [m for layer in self._flatten_layers() for m in layer._metrics  # pylint: disable=protected-access
+             if id(m) not in seen]
+    return own + added
 
 
 def build_model(spec: FeatureSpec, model_cfg: ModelConfig) -> RankingModel:
