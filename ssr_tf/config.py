@@ -102,6 +102,7 @@ class TrainConfig:
   ics_log_every_steps: int = 100
 
 
+TASKS = ("click", "pay")   # the ranking tasks; labels and heads use these names
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "parameter_server")
 LR_SCALING = ("none", "linear", "sqrt")
 PARTITIONERS = ("min_size", "fixed", "none")
@@ -236,7 +237,7 @@ class ExperimentConfig:
     _check(self.model.pay_mode in ("independent", "esmm"), "model.pay_mode",
            "must be 'independent' or 'esmm'")
     for task in self.model.loss_weights:
-      _check(task in ("click", "pay"), f"model.loss_weights.{task}", "tasks are 'click' and 'pay'")
+      _check(task in TASKS, f"model.loss_weights.{task}", "tasks are 'click' and 'pay'")
     _check(self.train.epochs > 0, "train.epochs", "must be > 0")
     _check(self.train.learning_rate > 0, "train.learning_rate", "must be > 0")
     _check(self.train.optimizer in ("adam", "adagrad"), "train.optimizer",

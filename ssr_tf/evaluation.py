@@ -9,7 +9,7 @@ import numpy as np
 
 from ssr_tf import data as data_lib
 from ssr_tf import metrics, task
-from ssr_tf.config import ExperimentConfig
+from ssr_tf.config import TASKS, ExperimentConfig
 
 
 def predict_split(model, spec, cfg: ExperimentConfig, split: str = "test") -> dict:
@@ -32,7 +32,7 @@ def predict_split(model, spec, cfg: ExperimentConfig, split: str = "test") -> di
 def score(arrays: dict, has_group: bool) -> dict:
   """{task: {auc, logloss, gauc, oracle_auc, ...}} from predict_split's arrays."""
   result = {}
-  for t in ("click", "pay"):
+  for t in TASKS:
     if f"label_{t}" not in arrays:
       continue
     y, p = arrays[f"label_{t}"], arrays[f"{t}_prob"]

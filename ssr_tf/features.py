@@ -25,7 +25,7 @@ from typing import Optional
 
 import yaml
 
-from ssr_tf.config import from_dict
+from ssr_tf.config import TASKS, from_dict
 from ssr_tf.errors import ConfigError
 
 FEATURE_TYPES = ("categorical", "numeric", "multi_categorical")
@@ -92,8 +92,6 @@ class Feature:
       return self.hash_buckets + 1
     return len(self.vocabulary()) + 1
 
-
-TASKS = ("click", "pay")
 
 
 def check_labels(where: str, labels: dict) -> None:
