@@ -85,6 +85,9 @@ class TrainConfig:
       also written at every epoch end).
     seed: global seed of initialisers and shuffling.
     verbose: Keras progress bar level (0, 1 or 2).
+    lr_decay: "none" (constant rate), "cosine" or "linear": decay the rate over the whole
+      run (epochs x steps_per_epoch steps) down to lr_decay_final x the rate.
+    lr_decay_final: the rate at the last step, as a fraction of learning_rate (0 to 1).
     ics_log_every_steps: steps between TensorBoard points of each SSR layer's ICS output
       sparsity and magnitude (``logs/ics``, the paper's Figure 5), measured on a fixed
       probe batch of up to 1024 validation (else training) rows; 0 turns it off. Only for
@@ -95,6 +98,8 @@ class TrainConfig:
   steps_per_epoch: int = 0
   learning_rate: float = 1e-3
   optimizer: str = "adam"
+  lr_decay: str = "none"
+  lr_decay_final: float = 0.0
   early_stopping_patience: int = 2
   checkpoint_every_steps: int = 500
   seed: int = 42
@@ -242,6 +247,10 @@ class ExperimentConfig:
     _check(self.train.learning_rate > 0, "train.learning_rate", "must be > 0")
     _check(self.train.optimizer in ("adam", "adagrad"), "train.optimizer",
            "must be 'adam' or 'adagrad'")
+    _check(self.train.lr_decay in ("none", "cosine", "linear"), "train.lr_decay",
+           "must be 'none', 'cosine' or 'linear'")
+    _check(0.0 <= self.train.lr_decay_final <= 1.0, "train.lr_decay_final",
+           "must be between 0 and 1")
     _check(self.train.steps_per_epoch >= 0, "train.steps_per_epoch", "must be >= 0")
     _check(self.train.checkpoint_every_steps > 0, "train.checkpoint_every_steps", "must be > 0")
     _check(self.train.ics_log_every_steps >= 0, "train.ics_log_every_steps",

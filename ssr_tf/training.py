@@ -37,6 +37,7 @@ import yaml
 
 from ssr_tf import data as data_lib
 from ssr_tf import distribute
+from ssr_tf import schedules
 from ssr_tf import task
 from ssr_tf.callbacks import ICSSparsityLogger, ssr_layers
 from ssr_tf.config import ExperimentConfig, to_dict
@@ -441,8 +442,14 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   is_ps = distribute.is_parameter_server(strategy)
   replicas = strategy.num_replicas_in_sync
   global_batch = distribute.global_batch_size(dist, cfg.data.batch_size, replicas)
+  files = data_lib.list_files(cfg.data.train, "data.train")
+  count_cache = str(model_dir / "record_counts.json") if chief else None
+  counts = data_lib.count_records(files, cfg.data.compression, count_cache)
+  steps_per_epoch = cfg.train.steps_per_epoch or max(1, math.ceil(sum(counts) / global_batch))
   lr, lr_factor = distribute.learning_rate(dist, cfg.train.learning_rate, global_batch,
                                            cfg.data.batch_size)
+  lr = schedules.with_decay(lr, cfg.train.lr_decay, cfg.train.epochs * steps_per_epoch,
+                            cfg.train.lr_decay_final)
   with strategy.scope(), distribute.variable_names():
     spec, model = task.build(cfg)
     optimizer = make_optimizer(cfg, lr, distributed=dist.strategy != "default")
@@ -451,11 +458,7 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   print(json.dumps({"backbone": info, "distribution": distribute.describe(strategy)}))
 
   # Training data: an endless stream positioned at the step the backup resumes from.
-  files = data_lib.list_files(cfg.data.train, "data.train")
   data_lib.check_records(files, spec, "data.train", cfg.data.compression)
-  count_cache = str(model_dir / "record_counts.json") if chief else None
-  counts = data_lib.count_records(files, cfg.data.compression, count_cache)
-  steps_per_epoch = cfg.train.steps_per_epoch or max(1, math.ceil(sum(counts) / global_batch))
   backup_dir = str(model_dir / BACKUP_SUBDIR)
   initial_epoch, initial_step = resume_point(backup_dir, steps_per_epoch)
   start_step = initial_epoch * steps_per_epoch + initial_step
