@@ -37,7 +37,10 @@ $BIN/python - <<'PY'
 import json
 s = json.load(open("demo_out/ssr_d/eval_test.json"))["tasks"]["click"]
 d = json.load(open("demo_out/dnn/eval_test.json"))["tasks"]["click"]
+gap = s['oracle_auc'] - s['auc']
 print(f"\nSUMMARY test click AUC: SSR-D {s['auc']:.4f} | DNN {d['auc']:.4f} | oracle {s['oracle_auc']:.4f} "
-      f"(SSR-D gap to oracle {s['oracle_auc'] - s['auc']:.4f})")
+      f"(SSR-D gap to oracle {gap:.4f})")
+print(f"SSR-D within 0.01 of the oracle: {'yes' if gap <= 0.01 else 'no'}; "
+      f"SSR-D above the DNN: {'yes' if s['auc'] > d['auc'] else 'no'} ({s['auc'] - d['auc']:+.4f})")
 PY
 echo "demo finished in $(( $(date +%s) - start )) s"

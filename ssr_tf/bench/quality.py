@@ -34,6 +34,7 @@ from ssr_tf.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from ssr_tf.errors import UserError
 from ssr_tf.features import FeatureSpec, load_spec
 from ssr_tf.models.ranker import backbone_flops, backbone_params, build_model
+from ssr_tf.schedules import DECAYS, with_decay
 
 SUITES = ("table3", "ablation", "ics", "scaling", "gap")
 
@@ -54,6 +55,8 @@ class Protocol:
       validation points: patience * evals_per_epoch).
     batch_size: examples per Adam step.
     learning_rate: Adam learning rate.
+    lr_decay: "none" (constant) or "cosine" / "linear" decay to 0 over epochs x steps per
+      epoch (train.lr_decay).
     embedding_dim: width of every field embedding.
     embedding_l2: L2 on the embedding rows of each batch (model.embedding_l2).
     pay_mode: pay head mode ("esmm" as in the demo configs).
@@ -64,6 +67,7 @@ class Protocol:
   patience: int = 1
   batch_size: int = 1024
   learning_rate: float = 1e-3
+  lr_decay: str = "none"
   embedding_dim: int = 16
   embedding_l2: float = 0.0
   pay_mode: str = "esmm"
@@ -179,7 +183,9 @@ def run_one(splits: Splits, entry: dict, protocol: Protocol, seed: int,
   tf.keras.utils.set_random_seed(seed)
   model_cfg = model_config(entry, proto, seed)
   model = build_model(splits.spec, model_cfg)
-  model.compile(optimizer=tf.keras.optimizers.Adam(proto.learning_rate))
+  total_steps = proto.epochs * math.ceil(splits.train.rows / proto.batch_size)
+  model.compile(optimizer=tf.keras.optimizers.Adam(
+      with_decay(proto.learning_rate, proto.lr_decay, total_steps, 0.0)))
   rng = np.random.default_rng(seed)
   callbacks = []
   if ics_log_every and save_dir is not None:
@@ -249,7 +255,8 @@ def _save(model, model_cfg: ModelConfig, splits: Splits, proto: Protocol, seed: 
                       batch_size=proto.batch_size),
       model=model_cfg,
       train=TrainConfig(model_dir=str(model_dir), epochs=proto.epochs,
-                        learning_rate=proto.learning_rate, seed=seed))
+                        learning_rate=proto.learning_rate, lr_decay=proto.lr_decay,
+                        seed=seed))
   model_dir.mkdir(parents=True, exist_ok=True)
   save_config(cfg, str(model_dir / "config.yaml"))
   task.checkpoint_manager(model, str(model_dir)).save()
@@ -636,6 +643,7 @@ def main(argv: list[str], prog: str = "ssr_tf bench quality") -> int:
   p.add_argument("--evals_per_epoch", type=int, default=Protocol.evals_per_epoch)
   p.add_argument("--learning_rate", type=float, default=Protocol.learning_rate)
   p.add_argument("--batch_size", type=int, default=Protocol.batch_size)
+  p.add_argument("--lr_decay", default=Protocol.lr_decay, choices=list(DECAYS))
   p.add_argument("--output", default="benchmarks/quality", help="results folder")
   p.add_argument("--save_models", action="store_true",
                  help="keep each run's checkpoint + config.yaml (for ssr_tf analyze)")
@@ -650,7 +658,8 @@ def main(argv: list[str], prog: str = "ssr_tf bench quality") -> int:
   splits = load_splits(data_dir)
   protocol = Protocol(epochs=args.epochs, patience=args.patience,
                       evals_per_epoch=args.evals_per_epoch,
-                      learning_rate=args.learning_rate, batch_size=args.batch_size)
+                      learning_rate=args.learning_rate, batch_size=args.batch_size,
+                      lr_decay=args.lr_decay)
   only = [m.strip() for m in args.models.split(",")] if args.models else None
   result = run_suite(args.suite, splits, protocol, list(range(args.seeds)), output, only,
                      save_models=args.save_models, fresh=args.fresh)
