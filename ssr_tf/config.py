@@ -110,6 +110,7 @@ class TrainConfig:
 TASKS = ("click", "pay")   # the ranking tasks; labels and heads use these names
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "parameter_server")
 LR_SCALING = ("none", "linear", "sqrt")
+LR_DECAYS = ("none", "cosine", "linear")
 PARTITIONERS = ("min_size", "fixed", "none")
 
 
@@ -247,7 +248,7 @@ class ExperimentConfig:
     _check(self.train.learning_rate > 0, "train.learning_rate", "must be > 0")
     _check(self.train.optimizer in ("adam", "adagrad"), "train.optimizer",
            "must be 'adam' or 'adagrad'")
-    _check(self.train.lr_decay in ("none", "cosine", "linear"), "train.lr_decay",
+    _check(self.train.lr_decay in LR_DECAYS, "train.lr_decay",
            "must be 'none', 'cosine' or 'linear'")
     _check(0.0 <= self.train.lr_decay_final <= 1.0, "train.lr_decay_final",
            "must be between 0 and 1")

@@ -93,7 +93,6 @@ class Feature:
     return len(self.vocabulary()) + 1
 
 
-
 def check_labels(where: str, labels: dict) -> None:
   """labels maps task -> column: click is required, pay optional, nothing else."""
   if "click" not in labels:

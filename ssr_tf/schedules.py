@@ -10,7 +10,7 @@ import math
 
 import tensorflow as tf
 
-DECAYS = ("none", "cosine", "linear")
+from ssr_tf.config import LR_DECAYS as DECAYS
 
 
 @tf.keras.utils.register_keras_serializable(package="ssr_tf")

@@ -12,7 +12,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from ssr_tf.features import TASKS
+from ssr_tf.config import TASKS
 from ssr_tf.models.checks import Checks
 from ssr_tf.models import registry
 from ssr_tf.models.dnn import MLP

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from ssr_tf.config import ModelConfig
-from ssr_tf.features import TASKS, FeatureSpec
+from ssr_tf.config import TASKS, ModelConfig
+from ssr_tf.features import FeatureSpec
 from ssr_tf.layers.embedding import FeatureEmbedding
 from ssr_tf.models import registry
 
@@ -120,8 +120,7 @@ class RankingModel(tf.keras.Model):
     tasks = TASKS if self.has_pay else ("click",)
     own = ([self.loss_trackers["loss"]] + [self.loss_trackers[f"{t}_loss"] for t in tasks]
            + [self.auc_metrics[t] for t in tasks])
-    seen = {id(m) for m in own} | {id(m) for m in self.loss_trackers.values()} | {
-        id(m) for m in self.auc_metrics.values()}
+    seen = {id(m) for m in [*self.loss_trackers.values(), *self.auc_metrics.values()]}
     added = [m for layer in self._flatten_layers() for m in layer._metrics  # pylint: disable=protected-access
              if id(m) not in seen]
     return own + added
