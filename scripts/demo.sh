@@ -28,6 +28,9 @@ for m in ssr_d dnn; do
   echo "-- $m"
   $BIN/ssr_tf evaluate --config $cfg 2>&1 | quiet | grep -v '^{'
 done
+echo "-- SSR-D vs DNN on the same test rows (ssr_tf compare: paired DeLong test; test-set noise only, not seed noise)"
+$BIN/ssr_tf compare --config configs/demo_ssr_d.yaml --against configs/demo_dnn.yaml \
+  --output "$OUT/compare_test.json" 2>&1 | quiet | grep -v '^{'
 step "5/6 export a TF Serving SavedModel (ssr_tf export)"
 rm -rf "$OUT/export"
 $BIN/ssr_tf export --config configs/demo_ssr_d.yaml --output "$OUT/export" 2>&1 | quiet | tail -n 1
@@ -37,10 +40,12 @@ $BIN/python - <<'PY'
 import json
 s = json.load(open("demo_out/ssr_d/eval_test.json"))["tasks"]["click"]
 d = json.load(open("demo_out/dnn/eval_test.json"))["tasks"]["click"]
+c = json.load(open("demo_out/compare_test.json"))["tasks"]["click"]
 gap = s['oracle_auc'] - s['auc']
 print(f"\nSUMMARY test click AUC: SSR-D {s['auc']:.4f} | DNN {d['auc']:.4f} | oracle {s['oracle_auc']:.4f} "
       f"(SSR-D gap to oracle {gap:.4f})")
 print(f"SSR-D within 0.01 of the oracle: {'yes' if gap <= 0.01 else 'no'}; "
-      f"SSR-D above the DNN: {'yes' if s['auc'] > d['auc'] else 'no'} ({s['auc'] - d['auc']:+.4f})")
+      f"SSR-D above the DNN: {'yes' if s['auc'] > d['auc'] else 'no'} ({s['auc'] - d['auc']:+.4f}, "
+      f"DeLong p = {c['p_value']:.2f})")
 PY
 echo "demo finished in $(( $(date +%s) - start )) s"

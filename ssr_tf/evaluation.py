@@ -12,8 +12,13 @@ from ssr_tf import metrics, task
 from ssr_tf.config import TASKS, ExperimentConfig
 
 
-def predict_split(model, spec, cfg: ExperimentConfig, split: str = "test") -> dict:
-  """Model probabilities, labels, groups and oracle probabilities over a whole split."""
+def predict_split(model, spec, cfg: ExperimentConfig, split: str = "test",
+                  others: Optional[dict] = None) -> dict:
+  """Model probabilities, labels, groups and oracle probabilities over a whole split.
+
+  Each model in `others` ({name: model}) scores the same batches in the same pass; its
+  probabilities come back as "name:click_prob" etc., row-aligned with the main model's.
+  """
   pattern = getattr(cfg.data, split)
   ds = data_lib.make_dataset(pattern, spec, cfg.data.batch_size, training=False,
                              key=f"data.{split}", compression=cfg.data.compression,
@@ -22,7 +27,9 @@ def predict_split(model, spec, cfg: ExperimentConfig, split: str = "test") -> di
 
   def run():
     for features, labels, extras in ds:
-      probs = model(features, training=False)
+      probs = dict(model(features, training=False))
+      for name, other in (others or {}).items():
+        probs.update({f"{name}:{k}": v for k, v in other(features, training=False).items()})
       for k, v in {**probs, **{f"label_{t}": l for t, l in labels.items()}, **extras}.items():
         out.setdefault(k, []).append(v.numpy())
   task.data_errors(run)
@@ -50,10 +57,10 @@ def score(arrays: dict, has_group: bool) -> dict:
   return result
 
 
-def _json_safe(value):
+def json_safe(value):
   """NaN (e.g. GAUC with no group holding both classes) becomes null: valid JSON."""
   if isinstance(value, dict):
-    return {k: _json_safe(v) for k, v in value.items()}
+    return {k: json_safe(v) for k, v in value.items()}
   if isinstance(value, float) and value != value:
     return None
   return value
@@ -63,7 +70,7 @@ def evaluate(cfg: ExperimentConfig, checkpoint: Optional[str] = None, split: str
   spec, model = task.build(cfg)
   path = task.restore(model, cfg.train.model_dir, checkpoint)
   arrays = predict_split(model, spec, cfg, split)
-  result = _json_safe({"checkpoint": path, "split": split,
+  result = json_safe({"checkpoint": path, "split": split,
                        "tasks": score(arrays, has_group="group" in arrays)})
   out = pathlib.Path(cfg.train.model_dir) / f"eval_{split}.json"
   out.write_text(json.dumps(result, indent=2, allow_nan=False))

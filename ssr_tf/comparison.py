@@ -1,0 +1,71 @@
+"""`ssr_tf compare`: is model A's AUC above model B's on the same rows, beyond test-set noise?
+
+Both models score every record of one split in a single pass; per task the paired DeLong
+test gives AUC_a - AUC_b, its standard error and a two-sided p-value. The p-value covers
+the sampling of the evaluation rows only, not training randomness (seeds): a difference
+that flips sign across training runs can still have a small p here.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Optional
+
+from ssr_tf import metrics, task
+from ssr_tf.config import TASKS, ExperimentConfig, load_config
+from ssr_tf.errors import UserError
+from ssr_tf.evaluation import json_safe, predict_split
+
+
+def check_same_data(a: ExperimentConfig, b: ExperimentConfig, split: str) -> None:
+  """Both configs must read the same records through the same feature spec."""
+  for key in ("spec", split):
+    va, vb = getattr(a.data, key), getattr(b.data, key)
+    if va != vb:
+      raise UserError(f"config key 'data.{key}' differs between the two configs "
+                      f"({va!r} vs {vb!r}): compare needs the same records and spec")
+
+
+def compare(cfg_a: ExperimentConfig, cfg_b: ExperimentConfig, split: str = "test",
+            checkpoint_a: Optional[str] = None, checkpoint_b: Optional[str] = None) -> dict:
+  """{"a": ckpt, "b": ckpt, "split", "tasks": {task: delong_test(...) + rows}}."""
+  check_same_data(cfg_a, cfg_b, split)
+  spec, model_a = task.build(cfg_a)
+  _, model_b = task.build(cfg_b)
+  path_a = task.restore(model_a, cfg_a.train.model_dir, checkpoint_a)
+  path_b = task.restore(model_b, cfg_b.train.model_dir, checkpoint_b)
+  arrays = predict_split(model_a, spec, cfg_a, split, others={"b": model_b})
+  tasks = {}
+  for t in TASKS:
+    if f"label_{t}" in arrays:
+      r = metrics.delong_test(arrays[f"label_{t}"], arrays[f"{t}_prob"], arrays[f"b:{t}_prob"])
+      tasks[t] = {**r, "rows": int(arrays[f"label_{t}"].size)}
+  return json_safe({"a": path_a, "b": path_b, "split": split, "tasks": tasks})
+
+
+def format_table(result: dict) -> str:
+  cols = ["auc_a", "auc_b", "diff", "se", "z", "p_value"]
+  lines = [f"{'task':<6}" + "".join(f"{c:>10}" for c in cols) + f"{'rows':>10}"]
+  for t, r in result["tasks"].items():
+    lines.append(f"{t:<6}" + "".join(f"{r[c]:>10.4f}" for c in cols) + f"{r['rows']:>10d}")
+  return "\n".join(lines)
+
+
+def main(argv: list[str], prog: str = "ssr_tf compare") -> int:
+  p = task.config_parser(prog, "Paired DeLong test of two trained models' AUCs on one split "
+                               "(A = --config, B = --against).")
+  p.add_argument("--against", required=True, help="experiment YAML of model B")
+  p.add_argument("--set_against", action="append", default=[], metavar="KEY.PATH=VALUE",
+                 help="override a value of B's config (repeatable)")
+  p.add_argument("--checkpoint", default=None, help="A's checkpoint prefix (default: newest)")
+  p.add_argument("--checkpoint_against", default=None, help="B's checkpoint prefix")
+  p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+  p.add_argument("--output", default=None, help="also write the result JSON here")
+  args = p.parse_args(argv)
+  result = compare(task.config_from_args(args), load_config(args.against, args.set_against),
+                   args.split, args.checkpoint, args.checkpoint_against)
+  print(format_table(result))
+  if args.output:
+    pathlib.Path(args.output).write_text(json.dumps(result, indent=2, allow_nan=False))
+  print(json.dumps(result))
+  return 0
