@@ -44,8 +44,9 @@ c = json.load(open("demo_out/compare_test.json"))["tasks"]["click"]
 gap = s['oracle_auc'] - s['auc']
 print(f"\nSUMMARY test click AUC: SSR-D {s['auc']:.4f} | DNN {d['auc']:.4f} | oracle {s['oracle_auc']:.4f} "
       f"(SSR-D gap to oracle {gap:.4f})")
+noise = "within" if c["p_value"] >= 0.05 else "beyond"
 print(f"SSR-D within 0.01 of the oracle: {'yes' if gap <= 0.01 else 'no'}; "
-      f"SSR-D above the DNN: {'yes' if s['auc'] > d['auc'] else 'no'} ({s['auc'] - d['auc']:+.4f}, "
-      f"DeLong p = {c['p_value']:.2f})")
+      f"SSR-D above the DNN: {'yes' if s['auc'] > d['auc'] else 'no'} ({s['auc'] - d['auc']:+.5f}; "
+      f"DeLong p = {c['p_value']:.2f}, {noise} test-set noise)")
 PY
 echo "demo finished in $(( $(date +%s) - start )) s"
