@@ -249,7 +249,7 @@ class ExperimentConfig:
     _check(self.train.optimizer in ("adam", "adagrad"), "train.optimizer",
            "must be 'adam' or 'adagrad'")
     _check(self.train.lr_decay in LR_DECAYS, "train.lr_decay",
-           "must be 'none', 'cosine' or 'linear'")
+           f"must be one of {list(LR_DECAYS)}, got {self.train.lr_decay!r}")
     _check(0.0 <= self.train.lr_decay_final <= 1.0, "train.lr_decay_final",
            "must be between 0 and 1")
     _check(self.train.steps_per_epoch >= 0, "train.steps_per_epoch", "must be >= 0")

@@ -76,8 +76,9 @@ def delong_test(labels, scores_a, scores_b) -> dict:
   """Paired DeLong test of AUC_a - AUC_b on the same rows: z = diff / sqrt(Var(diff)),
   Var from the placements' covariance (DeLong et al. 1988; midrank form of Sun & Xu 2014).
 
-  Returns auc_a, auc_b, diff, se, z and the two-sided p_value (NaN when a class is missing;
-  p = 1 when the two scorings rank every pair alike, so Var(diff) = 0).
+  Returns auc_a, auc_b, diff, se, z and the two-sided p_value (all NaN when either class has
+  fewer than 2 rows, as the variances need; p = 1 when Var(diff) = 0, e.g. the two scorings
+  rank every pair alike).
   """
   y = np.asarray(labels, dtype=np.float64).ravel() > 0.5
   n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
