@@ -33,10 +33,15 @@ import tensorflow as tf  # noqa: E402
 from ssr_tf import metrics, synth  # noqa: E402
 
 
+def price_boundaries(cfg: synth.SynthConfig) -> list[float]:
+  """The spec's log1p bucket boundaries of `price` (bucket ids 0..len)."""
+  spec = synth.spec_for(cfg, "vocab")
+  return next(f for f in spec.features if f.name == "price").boundaries
+
+
 def observed(cols: dict, cfg: synth.SynthConfig) -> dict[str, np.ndarray]:
   """The signal fields as the demo models' inputs encode them (price -> spec bucket)."""
-  spec = synth.spec_for(cfg, "vocab")
-  bounds = next(f for f in spec.features if f.name == "price").boundaries
+  bounds = price_boundaries(cfg)
   price = cols["price"].astype(np.float64)
   hist = cols["history_categories"]
   return {
@@ -93,8 +98,7 @@ class Structural(tf.Module):
 def fit(cfg, x_tr, y_tr, x_va, y_va, epochs: int, batch: int, lr: float, seed: int,
         noise_terms: bool):
   """Adam with cosine decay; returns the model at its best validation AUC."""
-  model = Structural(cfg, int(max(x_tr["price_bucket"].max(), x_va["price_bucket"].max())) + 1,
-                     seed, noise_terms)
+  model = Structural(cfg, len(price_boundaries(cfg)) + 1, seed, noise_terms)
   n = len(y_tr)
   steps = epochs * (n // batch)
   sched = tf.keras.optimizers.schedules.CosineDecay(lr, steps)
