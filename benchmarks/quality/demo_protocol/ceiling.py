@@ -31,27 +31,28 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from ssr_tf import metrics, synth  # noqa: E402
+from ssr_tf.features import Feature, FeatureSpec  # noqa: E402
+from ssr_tf.layers.embedding import FeatureEncoder  # noqa: E402
 
 
-def price_boundaries(cfg: synth.SynthConfig) -> list[float]:
-  """The spec's log1p bucket boundaries of `price` (bucket ids 0..len)."""
-  spec = synth.spec_for(cfg, "vocab")
-  return next(f for f in spec.features if f.name == "price").boundaries
+def price_feature(cfg: synth.SynthConfig) -> Feature:
+  """The spec's `price` feature (log_bucketize), as the demo models read it."""
+  return next(f for f in synth.spec_for(cfg, "vocab").features if f.name == "price")
 
 
 def observed(cols: dict, cfg: synth.SynthConfig) -> dict[str, np.ndarray]:
-  """The signal fields as the demo models' inputs encode them (price -> spec bucket)."""
-  bounds = price_boundaries(cfg)
-  price = cols["price"].astype(np.float64)
+  """The signal fields as the demo models' inputs encode them (price -> the spec's bucket
+  id, through the models' own FeatureEncoder)."""
+  price = price_feature(cfg)
   hist = cols["history_categories"]
   return {
       "scene": cols["scene"], "user": cols["user_id"], "item": cols["item_id"],
       "cat": cols["item_category"], "hour": cols["hour"], "device": cols["device"],
       "position": cols["position"],
-      "price_bucket": np.digitize(np.log1p(price), bounds).astype(np.int64),
+      "price_bucket": FeatureEncoder(FeatureSpec([price])).encode(price, cols["price"]).numpy(),
       "hist": np.where(hist >= 0, hist, cfg.num_categories),     # padding = extra row
       "noise": np.stack([cols[f"noise_{j}"] for j in range(cfg.noise_fields)], -1)
-               if cfg.noise_fields else np.zeros([len(price), 0], np.int64),
+               if cfg.noise_fields else np.zeros([len(hist), 0], np.int64),
   }
 
 
@@ -97,8 +98,9 @@ class Structural(tf.Module):
 
 def fit(cfg, x_tr, y_tr, x_va, y_va, epochs: int, batch: int, lr: float, seed: int,
         noise_terms: bool):
-  """Adam with cosine decay; returns the model at its best validation AUC."""
-  model = Structural(cfg, len(price_boundaries(cfg)) + 1, seed, noise_terms)
+  """Adam with cosine decay; returns (predict, validation AUC per epoch) of the model at
+  its best validation AUC."""
+  model = Structural(cfg, price_feature(cfg).table_size(), seed, noise_terms)
   n = len(y_tr)
   steps = epochs * (n // batch)
   sched = tf.keras.optimizers.schedules.CosineDecay(lr, steps)
@@ -126,7 +128,7 @@ def fit(cfg, x_tr, y_tr, x_va, y_va, epochs: int, batch: int, lr: float, seed: i
       best, best_values = val, [v.numpy() for v in variables]
   for v, value in zip(variables, best_values):
     v.assign(value)
-  return model, predict, curve
+  return predict, curve
 
 
 def main() -> None:
@@ -151,7 +153,7 @@ def main() -> None:
   xs = {name: {k: v[rows] for k, v in x.items()} for name, rows in part.items()}
   ys = {name: cols["click"][rows].astype(np.float32) for name, rows in part.items()}
   tf.random.set_seed(args.train_seed)
-  _, predict, curve = fit(cfg, xs["train"], ys["train"], xs["valid"], ys["valid"],
+  predict, curve = fit(cfg, xs["train"], ys["train"], xs["valid"], ys["valid"],
                           args.epochs, args.batch_size, args.learning_rate, args.train_seed,
                           args.noise_terms)
   test = metrics.auc(ys["test"], predict(xs["test"]).numpy())
@@ -160,7 +162,8 @@ def main() -> None:
       "rows": args.rows, "data_seed": args.seed, "noise_fields": args.noise_fields,
       "train_rows": len(part["train"]),
       "train_seed": args.train_seed, "epochs": args.epochs, "batch_size": args.batch_size,
-      "learning_rate": args.learning_rate, "noise_terms": args.noise_terms, "val_click_auc_per_epoch": curve,
+      "learning_rate": args.learning_rate, "noise_terms": args.noise_terms,
+      "val_click_auc_per_epoch": curve,
       "structural_test_click_auc": round(float(test), 5),
       "oracle_test_click_auc": round(float(oracle), 5),
       "gap_to_oracle": round(float(oracle - test), 5),
