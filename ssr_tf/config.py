@@ -290,6 +290,9 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
   return cls(**kwargs)
 
 
+_EXPONENT_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
 def _coerce(tp: Any, value: Any, path: str) -> Any:
   origin = typing.get_origin(tp)
   args = typing.get_args(tp)
@@ -311,6 +314,9 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
   if tp is Any:
     return value
   if tp is float and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if tp is float and isinstance(value, str) and _EXPONENT_FLOAT.match(value.strip()):
+    # YAML 1.1 (PyYAML) reads 1e-4 (no dot) as a string; users mean the number.
     return float(value)
   if tp is bool and not isinstance(value, bool):
     raise ConfigError(f"config key '{path}': expected true/false, got {value!r}")

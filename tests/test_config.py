@@ -51,3 +51,16 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_bad_override():
   with pytest.raises(ConfigError, match="key.path=value"):
     load_config(None, ["train.epochs"])
+
+
+def test_exponent_floats_without_a_dot(tmp_path):
+  # PyYAML (YAML 1.1) reads 1e-4 as a string; a float key still takes it as the number,
+  # in the file, in --set overrides, and in backbone settings.
+  cfg = load_config(write(tmp_path, "model: {embedding_l2: 1e-4}\n"),
+                    ["train.learning_rate=3E-3", "model.backbone.alpha_init=-2e+0"])
+  assert cfg.model.embedding_l2 == 1e-4 and cfg.train.learning_rate == 3e-3
+  assert registry.backbone_config(cfg.model).alpha_init == -2.0
+  with pytest.raises(ConfigError, match=r"'model.embedding_l2': expected float, got '1e-4x'"):
+    load_config(write(tmp_path, "model: {embedding_l2: 1e-4x}\n"))
+  with pytest.raises(ConfigError, match=r"'model.embedding_l2': expected float, got 'nan'"):
+    load_config(write(tmp_path, "model: {embedding_l2: 'nan'}\n"))
