@@ -1,4 +1,5 @@
-"""Training callbacks: ICS sparsity per SSR layer, logged to TensorBoard (Figure 5).
+"""Training callbacks: ICS sparsity per SSR layer (Figure 5), and a TensorBoard callback
+whose batch hook costs nothing on the steps it does not write.
 
 sparsity_l = mean_{batch, view, dim} [h_l == 0];  magnitude_l = mean |h_l| over nonzeros,
 where h_l = ICS_l(x_l W_l^proj) is SSR layer l's filtered view tensor on a fixed probe batch.
@@ -130,3 +131,34 @@ class ICSSparsityLogger(tf.keras.callbacks.Callback):
     if self._writer is not None:
       self._writer.close()
       self._writer = None
+
+
+class StepTensorBoard(tf.keras.callbacks.TensorBoard):
+  """Keras TensorBoard that does its batch-level work only on the steps it writes.
+
+  Stock TensorBoard, once any other callback has batch hooks (ours do: backups every N
+  steps, ICS logging), calls tf.summary.scalar for every log entry on every batch and lets
+  its record_if (train step % update_freq == 0) drop all but every update_freq-th: about
+  1.7 ms a batch for the demo's five training metrics on a 2-core CPU, a tenth of an SSR-D
+  demo step (`ssr_tf bench hooks`). Here the hook returns at once on the steps record_if
+  would drop, so the written scalars are the same.
+  The train graph is written at the first epoch end instead of after the first batch, so
+  its one-off cost stays out of Keras's check of the first batches' hook time (the
+  "on_train_batch_end is slow" warning). Profiling and write_steps_per_second keep the
+  stock per-batch path.
+  """
+
+  def on_train_batch_end(self, batch, logs=None):
+    if self._should_trace or self.write_steps_per_second:
+      super().on_train_batch_end(batch, logs)
+    elif (self.update_freq != "epoch" and isinstance(logs, dict)
+          and int(tf.keras.backend.get_value(self._train_step)) % self.update_freq == 0):
+      graph_pending, self._should_write_train_graph = self._should_write_train_graph, False
+      super().on_train_batch_end(batch, logs)
+      self._should_write_train_graph = graph_pending
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self._should_write_train_graph:
+      self._write_keras_model_train_graph()
+      self._should_write_train_graph = False
+    super().on_epoch_end(epoch, logs)

@@ -39,7 +39,7 @@ from ssr_tf import data as data_lib
 from ssr_tf import distribute
 from ssr_tf import schedules
 from ssr_tf import task
-from ssr_tf.callbacks import ICSSparsityLogger, ssr_layers
+from ssr_tf.callbacks import ICSSparsityLogger, StepTensorBoard, ssr_layers
 from ssr_tf.config import ExperimentConfig, to_dict
 from ssr_tf.errors import DataError
 from ssr_tf.models.ranker import backbone_flops, backbone_params
@@ -507,8 +507,7 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   # Order matters: at an epoch end, the best checkpoint and the logs are written before
   # the backup that moves the resume point past this epoch.
   cbs = ([validation] if validation else []) + [best] + ([early] if early else []) + [log, backup]
-  cbs.append(tf.keras.callbacks.TensorBoard(str(model_dir / "logs"),
-                                            update_freq="epoch" if is_ps else 100))
+  cbs.append(StepTensorBoard(str(model_dir / "logs"), update_freq="epoch" if is_ps else 100))
   ics_logger = _ics_logger(cfg, model, model_dir, train_in, valid_in) if chief else None
   cbs += ([ics_logger] if ics_logger else []) + list(callbacks or [])
   verbose = 2 if is_ps and cfg.train.verbose == 1 else cfg.train.verbose

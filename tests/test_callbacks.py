@@ -1,0 +1,76 @@
+"""StepTensorBoard writes what stock TensorBoard writes, without per-batch work between."""
+import numpy as np
+import tensorflow as tf
+
+from ssr_tf.callbacks import StepTensorBoard
+
+
+class CountSteps(tf.keras.callbacks.Callback):
+  """Any callback with batch hooks makes Keras call every callback's batch hooks."""
+
+  def __init__(self):
+    super().__init__()
+    self.steps = 0
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.steps += 1
+
+
+def _events(log_dir):
+  """({(tag, step): value} of batch_* scalars, number of graph events) in log_dir/train."""
+  scalars, graphs = {}, 0
+  for path in tf.io.gfile.glob(f"{log_dir}/train/events.out.tfevents.*"):
+    for raw in tf.data.TFRecordDataset(path):
+      event = tf.compat.v1.Event.FromString(raw.numpy())
+      graphs += bool(event.graph_def)
+      for v in event.summary.value:
+        if v.tag.startswith("batch_"):
+          scalars[(v.tag, event.step)] = float(tf.make_ndarray(v.tensor))
+  return scalars, graphs
+
+
+def _fit(callback_cls, log_dir):
+  tf.keras.utils.set_random_seed(0)
+  model = tf.keras.Sequential([tf.keras.layers.Dense(4, activation="relu"),
+                               tf.keras.layers.Dense(1)])
+  model.compile("adam", "mse", metrics=["mae"])
+  x = np.random.default_rng(0).normal(size=(56, 3)).astype("float32")
+  counter = CountSteps()
+  tb = callback_cls(str(log_dir), update_freq=3)
+  model.fit(x, x[:, :1], batch_size=8, epochs=2, shuffle=False, verbose=0,
+            callbacks=[counter, tb])
+  assert counter.steps == 14
+  return _events(log_dir)
+
+
+def test_same_scalars_and_graph_as_stock_tensorboard(tmp_path):
+  stock, stock_graphs = _fit(tf.keras.callbacks.TensorBoard, tmp_path / "stock")
+  ours, our_graphs = _fit(StepTensorBoard, tmp_path / "ours")
+  assert sorted({step for _, step in stock}) == [3, 6, 9, 12]
+  assert ours.keys() == stock.keys()
+  np.testing.assert_allclose([ours[k] for k in stock], list(stock.values()), rtol=1e-5)
+  assert stock_graphs == our_graphs == 1
+
+
+def test_skipped_steps_do_no_summary_work(tmp_path, monkeypatch):
+  calls = []
+  original = tf.keras.callbacks.TensorBoard.on_train_batch_end
+  monkeypatch.setattr(tf.keras.callbacks.TensorBoard, "on_train_batch_end",
+                      lambda self, batch, logs=None: (calls.append(batch),
+                                                      original(self, batch, logs)))
+  _fit(StepTensorBoard, tmp_path)
+  assert len(calls) == 4          # the steps 3, 6, 9 and 12 of 14
+
+
+def test_bench_hooks_prints_both_hooks(synth_dir, capsys):
+  import json
+  import pathlib
+  from ssr_tf.bench import hooks
+  config = pathlib.Path(__file__).parents[1] / "configs" / "demo_ssr_d.yaml"
+  assert hooks.main(["--config", str(config), "--data", str(synth_dir), "--steps", "6",
+                     "--update_freq", "3"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out["logged_metrics"] == 5 and out["batch_size"] == 256 and out["train_step_ms"] > 0
+  for name in ("tensorboard_stock", "tensorboard_step"):
+    assert set(out[name]) == {"first_batch_ms", "ms_per_batch", "share_of_step"}
+    assert out[name]["ms_per_batch"] > 0
