@@ -1,5 +1,6 @@
 """StepTensorBoard writes what stock TensorBoard writes, without per-batch work between."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from ssr_tf.callbacks import StepTensorBoard
@@ -74,3 +75,18 @@ def test_bench_hooks_prints_both_hooks(synth_dir, capsys):
   for name in ("tensorboard_stock", "tensorboard_step"):
     assert set(out[name]) == {"first_batch_ms", "ms_per_batch", "share_of_step"}
     assert out[name]["ms_per_batch"] > 0
+
+
+@pytest.mark.slow
+def test_bench_hooks_times_whole_train_runs(synth_dir, capsys):
+  import json
+  import pathlib
+  from ssr_tf.bench import hooks
+  config = pathlib.Path(__file__).parents[1] / "configs" / "demo_dnn.yaml"
+  assert hooks.main(["--config", str(config), "--data", str(synth_dir), "--steps", "4",
+                     "--train_steps", "3", "--repeats", "1"]) == 0
+  out = json.loads(capsys.readouterr().out)          # one JSON document: train output kept off
+  runs = out["train_runs"]
+  assert runs["steps"] == 3 and runs["stock_over_step"] > 0
+  for name in ("tensorboard_stock", "tensorboard_step"):
+    assert len(runs[name]["runs_s"]) == 1 and runs[name]["median_s"] > 0

@@ -3,17 +3,24 @@ stock TensorBoard vs ssr_tf's StepTensorBoard, against the train step of the sam
 
 Both hooks get the same model, train counter and logs (the model's training metrics, as
 the tensors Keras passes); share_of_step = hook ms per batch / train step ms.
+With --train_steps N, also whole `ssr_tf train` runs of N steps (input pipeline and
+validation included), alternating the stock TensorBoard and StepTensorBoard as the run's
+callback, --repeats times each after one warm-up run; reports the median seconds.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import statistics
+import sys
 import pathlib
 import tempfile
 import time
 
 import tensorflow as tf
 
+from ssr_tf import training
 from ssr_tf.bench import common
 from ssr_tf.callbacks import StepTensorBoard
 from ssr_tf.config import load_config
@@ -36,6 +43,32 @@ def hook_ms(callback: tf.keras.callbacks.TensorBoard, model: tf.keras.Model, log
           "ms_per_batch": round(1e3 * sum(seconds[1:]) / (steps - 1), 4)}
 
 
+def train_seconds(cfg_path: str, data: pathlib.Path, steps: int, repeats: int,
+                  work: pathlib.Path) -> dict:
+  """Median wall seconds of `ssr_tf train` runs with each TensorBoard class as the run's own."""
+  seconds = {"tensorboard_stock": [], "tensorboard_step": []}
+  classes = {"tensorboard_stock": tf.keras.callbacks.TensorBoard,
+             "tensorboard_step": StepTensorBoard}
+  original = training.StepTensorBoard
+  try:
+    for i in range(repeats + 1):                     # run 0 of each is a warm-up
+      for name, cls in classes.items():
+        training.StepTensorBoard = cls
+        cfg = load_config(cfg_path, [
+            f"data.spec={data}/spec.yaml", f"data.train={data}/train/*.tfrecord",
+            f"data.valid={data}/valid/*.tfrecord", f"data.test={data}/test/*.tfrecord",
+            f"train.model_dir={work}/{name}", "train.epochs=1",
+            f"train.steps_per_epoch={steps}", "train.verbose=0",
+            "train.early_stopping_patience=0"])
+        with contextlib.redirect_stdout(sys.stderr):    # keep stdout one JSON document
+          result = training.train(cfg, overwrite=True)
+        if i:
+          seconds[name].append(result["seconds"])
+  finally:
+    training.StepTensorBoard = original
+  return {name: {"runs_s": s, "median_s": statistics.median(s)} for name, s in seconds.items()}
+
+
 def main(argv: list[str], prog: str = "ssr_tf bench hooks") -> int:
   p = argparse.ArgumentParser(prog=prog, description=__doc__)
   p.add_argument("--config", default="configs/demo_ssr_d.yaml",
@@ -44,6 +77,9 @@ def main(argv: list[str], prog: str = "ssr_tf bench hooks") -> int:
   p.add_argument("--rows", type=int, default=20000, help="rows to generate without --data")
   p.add_argument("--steps", type=int, default=300, help="timed train steps and hook calls")
   p.add_argument("--update_freq", type=int, default=100, help="TensorBoard update_freq")
+  p.add_argument("--train_steps", type=int, default=0,
+                 help="also time whole `ssr_tf train` runs of this many steps (0: skip)")
+  p.add_argument("--repeats", type=int, default=3, help="train runs per TensorBoard class")
   args = p.parse_args(argv)
   cfg = load_config(args.config)
   data = common.ensure_data(args.data, args.rows)
@@ -63,4 +99,8 @@ def main(argv: list[str], prog: str = "ssr_tf bench hooks") -> int:
     out[name] = {**r, "share_of_step": round(r["ms_per_batch"] / step_ms, 4)}
   out["stock_over_step_hook"] = round(out["tensorboard_stock"]["ms_per_batch"]
                                       / max(out["tensorboard_step"]["ms_per_batch"], 1e-6), 1)
+  if args.train_steps:
+    runs = train_seconds(args.config, data, args.train_steps, args.repeats, work)
+    out["train_runs"] = {"steps": args.train_steps, **runs, "stock_over_step": round(
+        runs["tensorboard_stock"]["median_s"] / runs["tensorboard_step"]["median_s"], 3)}
   return common.emit(out)
