@@ -90,3 +90,12 @@ def test_bench_hooks_times_whole_train_runs(synth_dir, capsys):
   assert runs["steps"] == 3 and runs["stock_over_step"] > 0
   for name in ("tensorboard_stock", "tensorboard_step"):
     assert len(runs[name]["runs_s"]) == 1 and runs[name]["median_s"] > 0
+
+
+def test_bench_hooks_rejects_bad_counts(capsys):
+  from ssr_tf.bench import hooks
+  for argv in (["--steps", "1"], ["--update_freq", "0"], ["--repeats", "0"]):
+    with pytest.raises(SystemExit) as exit_info:
+      hooks.main(argv)
+    assert exit_info.value.code == 2
+    assert "need --steps >= 2" in capsys.readouterr().err

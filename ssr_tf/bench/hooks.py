@@ -81,6 +81,8 @@ def main(argv: list[str], prog: str = "ssr_tf bench hooks") -> int:
                  help="also time whole `ssr_tf train` runs of this many steps (0: skip)")
   p.add_argument("--repeats", type=int, default=3, help="train runs per TensorBoard class")
   args = p.parse_args(argv)
+  if args.steps < 2 or args.update_freq < 1 or args.train_steps < 0 or args.repeats < 1:
+    p.error("need --steps >= 2, --update_freq >= 1, --train_steps >= 0, --repeats >= 1")
   cfg = load_config(args.config)
   data = common.ensure_data(args.data, args.rows)
   spec, batches = common.load_batches(data, cfg.data.batch_size, 8)
