@@ -1,9 +1,15 @@
 """StepTensorBoard writes what stock TensorBoard writes, without per-batch work between."""
+import json
+import pathlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from ssr_tf.bench import hooks
 from ssr_tf.callbacks import StepTensorBoard
+
+CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 
 
 class CountSteps(tf.keras.callbacks.Callback):
@@ -64,10 +70,7 @@ def test_skipped_steps_do_no_summary_work(tmp_path, monkeypatch):
 
 
 def test_bench_hooks_prints_both_hooks(synth_dir, capsys):
-  import json
-  import pathlib
-  from ssr_tf.bench import hooks
-  config = pathlib.Path(__file__).parents[1] / "configs" / "demo_ssr_d.yaml"
+  config = CONFIGS / "demo_ssr_d.yaml"
   assert hooks.main(["--config", str(config), "--data", str(synth_dir), "--steps", "6",
                      "--update_freq", "3"]) == 0
   out = json.loads(capsys.readouterr().out)
@@ -79,10 +82,7 @@ def test_bench_hooks_prints_both_hooks(synth_dir, capsys):
 
 @pytest.mark.slow
 def test_bench_hooks_times_whole_train_runs(synth_dir, capsys):
-  import json
-  import pathlib
-  from ssr_tf.bench import hooks
-  config = pathlib.Path(__file__).parents[1] / "configs" / "demo_dnn.yaml"
+  config = CONFIGS / "demo_dnn.yaml"
   assert hooks.main(["--config", str(config), "--data", str(synth_dir), "--steps", "4",
                      "--train_steps", "3", "--repeats", "1"]) == 0
   out = json.loads(capsys.readouterr().out)          # one JSON document: train output kept off
@@ -93,7 +93,6 @@ def test_bench_hooks_times_whole_train_runs(synth_dir, capsys):
 
 
 def test_bench_hooks_rejects_bad_counts(capsys):
-  from ssr_tf.bench import hooks
   for argv in (["--steps", "1"], ["--update_freq", "0"], ["--repeats", "0"]):
     with pytest.raises(SystemExit) as exit_info:
       hooks.main(argv)

@@ -33,6 +33,14 @@ def ensure_data(data_dir: str | None, rows: int, seed: int = 0) -> pathlib.Path:
   return out
 
 
+def data_paths(data_dir: str | pathlib.Path) -> dict[str, str]:
+  """The `data:` file keys for a folder written by `ssr_tf data synth` or a converter
+  (DIR/spec.yaml, DIR/{train,valid,test}/*): DataConfig(**data_paths(d), ...)."""
+  d = pathlib.Path(data_dir)
+  return {"spec": str(d / "spec.yaml"), "train": str(d / "train/*"),
+          "valid": str(d / "valid/*"), "test": str(d / "test/*")}
+
+
 def model_config(entry: dict, impl: str = "tf") -> ModelConfig:
   backbone = dict(entry["backbone"])
   if entry["name"] == "ssr":

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
+import pathlib
 import statistics
 import sys
-import pathlib
 import tempfile
 import time
 
@@ -23,7 +24,7 @@ import tensorflow as tf
 from ssr_tf import training
 from ssr_tf.bench import common
 from ssr_tf.callbacks import StepTensorBoard
-from ssr_tf.config import load_config
+from ssr_tf.config import ExperimentConfig, load_config
 from ssr_tf.models.ranker import build_model
 
 
@@ -43,7 +44,7 @@ def hook_ms(callback: tf.keras.callbacks.TensorBoard, model: tf.keras.Model, log
           "ms_per_batch": round(1e3 * sum(seconds[1:]) / (steps - 1), 4)}
 
 
-def train_seconds(cfg_path: str, data: pathlib.Path, steps: int, repeats: int,
+def train_seconds(cfg: ExperimentConfig, data: pathlib.Path, steps: int, repeats: int,
                   work: pathlib.Path) -> dict:
   """Median wall seconds of `ssr_tf train` runs with each TensorBoard class as the run's own."""
   seconds = {"tensorboard_stock": [], "tensorboard_step": []}
@@ -54,14 +55,13 @@ def train_seconds(cfg_path: str, data: pathlib.Path, steps: int, repeats: int,
     for i in range(repeats + 1):                     # run 0 of each is a warm-up
       for name, cls in classes.items():
         training.StepTensorBoard = cls
-        cfg = load_config(cfg_path, [
-            f"data.spec={data}/spec.yaml", f"data.train={data}/train/*.tfrecord",
-            f"data.valid={data}/valid/*.tfrecord", f"data.test={data}/test/*.tfrecord",
-            f"train.model_dir={work}/{name}", "train.epochs=1",
-            f"train.steps_per_epoch={steps}", "train.verbose=0",
-            "train.early_stopping_patience=0"])
+        run_cfg = dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, **common.data_paths(data)),
+            train=dataclasses.replace(cfg.train, model_dir=str(work / name), epochs=1,
+                                      steps_per_epoch=steps, verbose=0,
+                                      early_stopping_patience=0))
         with contextlib.redirect_stdout(sys.stderr):    # keep stdout one JSON document
-          result = training.train(cfg, overwrite=True)
+          result = training.train(run_cfg, overwrite=True)
         if i:
           seconds[name].append(result["seconds"])
   finally:
@@ -102,7 +102,7 @@ def main(argv: list[str], prog: str = "ssr_tf bench hooks") -> int:
   out["stock_over_step_hook"] = round(out["tensorboard_stock"]["ms_per_batch"]
                                       / max(out["tensorboard_step"]["ms_per_batch"], 1e-6), 1)
   if args.train_steps:
-    runs = train_seconds(args.config, data, args.train_steps, args.repeats, work)
+    runs = train_seconds(cfg, data, args.train_steps, args.repeats, work)
     out["train_runs"] = {"steps": args.train_steps, **runs, "stock_over_step": round(
         runs["tensorboard_stock"]["median_s"] / runs["tensorboard_step"]["median_s"], 3)}
   return common.emit(out)

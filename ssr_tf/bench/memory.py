@@ -245,9 +245,7 @@ def quality(args) -> dict:
   results = {}
   for name, model_cfg in runs.items():
     cfg = ExperimentConfig(
-        data=DataConfig(spec=str(data_dir / "spec.yaml"), train=str(data_dir / "train/*"),
-                        valid=str(data_dir / "valid/*"), test=str(data_dir / "test/*"),
-                        batch_size=args.batch_size),
+        data=DataConfig(**common.data_paths(data_dir), batch_size=args.batch_size),
         model=dataclasses.replace(model_cfg, pay_mode="esmm"),
         train=TrainConfig(model_dir=str(out_root / name), epochs=args.quality_epochs,
                           optimizer=args.quality_optimizer, early_stopping_patience=0,

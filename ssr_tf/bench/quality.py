@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from ssr_tf import data as data_lib
 from ssr_tf import metrics, synth
+from ssr_tf.bench import common
 from ssr_tf.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig, save_config
 from ssr_tf.errors import UserError
 from ssr_tf.features import FeatureSpec, load_spec
@@ -250,9 +251,7 @@ def _save(model, model_cfg: ModelConfig, splits: Splits, proto: Protocol, seed: 
   from ssr_tf import task  # pylint: disable=import-outside-toplevel
   d = splits.data_dir.resolve()
   cfg = ExperimentConfig(
-      data=DataConfig(spec=str(d / "spec.yaml"), train=str(d / "train/*"),
-                      valid=str(d / "valid/*"), test=str(d / "test/*"),
-                      batch_size=proto.batch_size),
+      data=DataConfig(**common.data_paths(d), batch_size=proto.batch_size),
       model=model_cfg,
       train=TrainConfig(model_dir=str(model_dir), epochs=proto.epochs,
                         learning_rate=proto.learning_rate, lr_decay=proto.lr_decay,
