@@ -5,6 +5,8 @@
   that ``ssr_tf export`` writes.
 * :mod:`ssr_tf.serving.client`: :class:`~ssr_tf.serving.client.RankingClient` and
   ``ssr_tf score``.
+* :mod:`ssr_tf.serving.local`: :class:`~ssr_tf.serving.local.LocalScorer`, the same scoring
+  through an export on disk with no server (``ssr_tf score --saved_model``).
 * :mod:`ssr_tf.serving.bench`: ``ssr_tf bench serving`` (latency / QPS over loopback).
 * :mod:`ssr_tf.serving.toy_model`: a tiny SavedModel with the export contract's
   signatures, for tests and smoke runs.

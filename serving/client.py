@@ -11,11 +11,14 @@
 file with a header row, or JSON lines, and prints one ``click_prob<TAB>pay_prob`` line
 per record. CSV / JSON values are typed by the model's ``predict_raw`` signature
 (fetched with GetModelMetadata); multi-valued CSV cells separate values with ``|``.
+``--saved_model DIR`` instead of ``--server`` scores the same way through an export on
+disk, in-process (:mod:`ssr_tf.serving.local`).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import sys
@@ -32,13 +35,13 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 
 from ssr_tf.errors import DataError, UserError
 from ssr_tf.serving import examples as examples_lib
-from ssr_tf.serving.tensors import ndarray_to_tensor, tensor_to_ndarray
+from ssr_tf.serving.tensors import ServingError, ndarray_to_tensor, tensor_to_ndarray
 
 OUTPUTS = ("click_prob", "pay_prob")
 ExampleLike = Union[bytes, example_pb2.Example]
 
 
-class RankingClient:
+class RankingClient(examples_lib.ExampleScorer):
   """Scores candidates against a model served with TF Serving's gRPC API.
 
   Args:
@@ -140,12 +143,6 @@ class RankingClient:
     arr[:] = data
     return self.predict({"examples": arr})
 
-  def score_rows(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """click_prob / pay_prob for {feature: value} rows (typed via predict_raw metadata)."""
-    types = self.feature_types() or None
-    return self.score_examples([examples_lib.make_example(r, types, f"row {i}")
-                                for i, r in enumerate(rows)])
-
   def score_features(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """click_prob / pay_prob from one array per feature (the ``predict_raw`` signature)."""
     return self.predict(features, signature_name="predict_raw")
@@ -217,38 +214,57 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
     yield batch
 
 
+def _open_scorer(args) -> examples_lib.ExampleScorer:
+  if args.saved_model:
+    from ssr_tf.serving.local import LocalScorer  # pylint: disable=import-outside-toplevel
+    return LocalScorer(args.saved_model, args.version)
+  return RankingClient(args.server, args.model_name, args.version, args.timeout)
+
+
 def main(argv: list[str], prog: str = "ssr_tf score") -> int:
   """Entry point of `ssr_tf score`: prints click_prob and pay_prob per input record."""
   p = argparse.ArgumentParser(prog=prog, description="Score a file through a running server "
-                              "(TF Serving or `ssr_tf serve`).")
-  p.add_argument("--server", required=True, help="HOST:PORT of the gRPC server")
+                              "(TF Serving or `ssr_tf serve`) or an export on disk.")
+  where = p.add_mutually_exclusive_group(required=True)
+  where.add_argument("--server", help="HOST:PORT of the gRPC server")
+  where.add_argument("--saved_model", help="score in-process with this export: a SavedModel "
+                     "directory or an `ssr_tf export` base (its highest version)")
   p.add_argument("--input", required=True, help="TFRecord of tf.Examples, CSV (header row) "
                  "or JSON lines")
   p.add_argument("--format", choices=["auto", "tfrecord", "csv", "jsonl"], default="auto")
-  p.add_argument("--model_name", default="ssr")
-  p.add_argument("--version", type=int, default=None, help="default: the latest served")
+  p.add_argument("--model_name", default="ssr", help="served model name (--server)")
+  p.add_argument("--version", type=int, default=None, help="default: the latest")
   p.add_argument("--batch_size", type=int, default=256, help="records per request")
-  p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+  p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (--server)")
   p.add_argument("--output", default="-", help="file to write (default: stdout)")
   p.add_argument("--json", action="store_true", help="print JSON lines instead of TSV")
   args = p.parse_args(argv)
   if args.batch_size < 1:
     p.error("--batch_size must be >= 1")
   fmt = detect_format(args.input) if args.format == "auto" else args.format
+  source = args.server or args.saved_model
+  records = read_records(args.input, fmt)
+  first = next(records, None)          # a missing or unreadable input fails before loading
   out = sys.stdout if args.output == "-" else open(args.output, "w")
   n = 0
   try:
-    with RankingClient(args.server, args.model_name, args.version, args.timeout) as client:
-      types = client.feature_types() if fmt != "tfrecord" else None
+    with _open_scorer(args) as scorer:
+      types = scorer.feature_types() if fmt != "tfrecord" else None
       if not args.json:
         out.write("click_prob\tpay_prob\n")
-      for batch in _batches(read_records(args.input, fmt), args.batch_size):
+      batches = _batches(itertools.chain([] if first is None else [first], records),
+                         args.batch_size)
+      for batch in batches:
         if fmt == "tfrecord":
           exs = batch
         else:
           exs = [examples_lib.make_example(r, types or None, f"{args.input} record {n + i + 1}")
                  for i, r in enumerate(batch)]
-        scores = client.score_examples(exs)
+        try:
+          scores = scorer.score_examples(exs)
+        except ServingError as e:
+          raise DataError(f"{args.input} records {n + 1}-{n + len(exs)}: "
+                          f"{e.code.name}: {e.message}") from None
         click, pay = scores["click_prob"], scores.get("pay_prob")
         for i in range(len(exs)):
           pv = float(pay[i]) if pay is not None else float("nan")
@@ -258,9 +274,9 @@ def main(argv: list[str], prog: str = "ssr_tf score") -> int:
             out.write(f"{float(click[i]):.6f}\t{pv:.6f}\n")
         n += len(exs)
   except grpc.RpcError as e:
-    raise UserError(f"server {args.server}: {e.code().name}: {e.details()}") from None
+    raise UserError(f"server {source}: {e.code().name}: {e.details()}") from None
   finally:
     if out is not sys.stdout:
       out.close()
-  print(f"scored {n} records from {args.input} ({fmt})", file=sys.stderr)
+  print(f"scored {n} records from {args.input} ({fmt}) with {source}", file=sys.stderr)
   return 0

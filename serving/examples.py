@@ -8,7 +8,7 @@ which features are lists. Used by warm-up, ``ssr_tf score`` and the benchmark.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 from tensorflow.core.example import example_pb2, feature_pb2
@@ -95,6 +95,22 @@ def make_example(row: Mapping[str, Any], types: Optional[Mapping[str, FeatureTyp
     else:
       f.float_list.value.extend(vals)
   return ex
+
+
+class ExampleScorer:
+  """What a ranking scorer (a server client or a local SavedModel) offers: scores for
+  tf.Examples, feature types from ``predict_raw``, and from those, scores for plain rows."""
+
+  def feature_types(self) -> dict[str, FeatureType]:
+    raise NotImplementedError
+
+  def score_examples(self, examples: Sequence[Any]) -> dict[str, np.ndarray]:
+    raise NotImplementedError
+
+  def score_rows(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """click_prob / pay_prob for {feature: value} rows (typed via predict_raw)."""
+    types = self.feature_types() or None
+    return self.score_examples([make_example(r, types, f"row {i}") for i, r in enumerate(rows)])
 
 
 def _guess_dtype(value: Any) -> int:

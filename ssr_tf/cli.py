@@ -16,11 +16,11 @@ from ssr_tf.errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("ssr_tf.training:main", "train a model: --config CFG.yaml [--set k=v ...]"),
-    "evaluate": ("ssr_tf.evaluation:main", "AUC / LogLoss / GAUC per task on the test split"),
+    "evaluate": ("ssr_tf.evaluation:main", "AUC, GAUC, LogLoss, NE, calibration per task"),
     "compare": ("ssr_tf.comparison:main", "paired DeLong test: is A's AUC above B's?"),
     "export": ("ssr_tf.export:main", "write a TF-Serving SavedModel: --config CFG --output DIR"),
     "serve": ("ssr_tf.serving.server:main", "TF Serving protocol gRPC server"),
-    "score": ("ssr_tf.serving.client:main", "score a file through a running server"),
+    "score": ("ssr_tf.serving.client:main", "score a file through a server or an export on disk"),
     "analyze": ("ssr_tf.analysis:main", "sparsity and view-diversity analysis of a checkpoint"),
 }
 GROUPS: dict[str, dict[str, tuple[str, str]]] = {

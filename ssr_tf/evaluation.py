@@ -1,4 +1,5 @@
-"""`ssr_tf evaluate`: exact AUC, LogLoss and GAUC per task (and the oracle's, when known)."""
+"""`ssr_tf evaluate`: exact AUC, GAUC, LogLoss, normalized entropy and calibration per task
+(and the oracle's, when known)."""
 from __future__ import annotations
 
 import json
@@ -36,23 +37,28 @@ def predict_split(model, spec, cfg: ExperimentConfig, split: str = "test",
   return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def _quality(y: np.ndarray, p: np.ndarray, groups: Optional[np.ndarray]) -> dict:
+  """AUC, LogLoss, NE, calibration (and GAUC when groups are given) of probabilities p."""
+  r = {"auc": metrics.auc(y, p), "logloss": metrics.logloss(y, p),
+       "ne": metrics.normalized_entropy(y, p), "calibration": metrics.calibration(y, p)}
+  if groups is not None:
+    r["gauc"] = metrics.gauc(y, p, groups)
+  return r
+
+
 def score(arrays: dict, has_group: bool) -> dict:
-  """{task: {auc, logloss, gauc, oracle_auc, ...}} from predict_split's arrays."""
+  """{task: {auc, gauc, logloss, ne, calibration, rows, positives, oracle_auc, ...}} from
+  predict_split's arrays; the oracle_* entries score the true probabilities, when known."""
+  groups = arrays["group"] if has_group else None
   result = {}
   for t in TASKS:
     if f"label_{t}" not in arrays:
       continue
-    y, p = arrays[f"label_{t}"], arrays[f"{t}_prob"]
-    r = {"auc": metrics.auc(y, p), "logloss": metrics.logloss(y, p), "positives": int(y.sum()),
+    y = arrays[f"label_{t}"]
+    r = {**_quality(y, arrays[f"{t}_prob"], groups), "positives": int(y.sum()),
          "rows": int(y.size)}
-    if has_group:
-      r["gauc"] = metrics.gauc(y, p, arrays["group"])
     if f"oracle_{t}" in arrays and (arrays[f"oracle_{t}"] >= 0).all():
-      o = arrays[f"oracle_{t}"]
-      r["oracle_auc"] = metrics.auc(y, o)
-      r["oracle_logloss"] = metrics.logloss(y, o)
-      if has_group:
-        r["oracle_gauc"] = metrics.gauc(y, o, arrays["group"])
+      r.update({f"oracle_{k}": v for k, v in _quality(y, arrays[f"oracle_{t}"], groups).items()})
     result[t] = r
   return result
 
@@ -78,23 +84,33 @@ def evaluate(cfg: ExperimentConfig, checkpoint: Optional[str] = None, split: str
   return result
 
 
+TABLE_ROWS = ("auc", "gauc", "logloss", "ne", "calibration", "rows", "positives")
+
+
 def format_table(result: dict) -> str:
-  cols = ["auc", "oracle_auc", "gauc", "oracle_gauc", "logloss", "oracle_logloss", "rows",
-          "positives"]
-  present = [c for c in cols if any(c in r for r in result["tasks"].values())]
-  lines = [f"{'task':<6}" + "".join(f"{c:>15}" for c in present)]
+  """One row per metric, one column per task (and per task's oracle, when known)."""
+  columns = []                                  # (header, task, key prefix)
   for t, r in result["tasks"].items():
+    columns.append((t, t, ""))
+    if any(k.startswith("oracle_") for k in r):
+      columns.append(("oracle", t, "oracle_"))
+  names = [m for m in TABLE_ROWS if any(m in r for r in result["tasks"].values())]
+  lines = [f"{'metric':<12}" + "".join(f"{h:>10}" for h, _, _ in columns)]
+  for m in names:
     cells = []
-    for c in present:
-      v = r.get(c)
-      cells.append(f"{'-':>15}" if v is None else
-                   (f"{v:>15d}" if isinstance(v, int) else f"{v:>15.4f}"))
-    lines.append(f"{t:<6}" + "".join(cells))
+    for _, t, prefix in columns:
+      v = result["tasks"][t].get(prefix + m)
+      if v is None:                             # oracle: no rows / positives of its own
+        cells.append(f"{'' if prefix else '-':>10}")
+      else:
+        cells.append(f"{v:>10d}" if isinstance(v, int) else f"{v:>10.4f}")
+    lines.append(f"{m:<12}" + "".join(cells).rstrip())
   return "\n".join(lines)
 
 
 def main(argv: list[str], prog: str = "ssr_tf evaluate") -> int:
-  p = task.config_parser(prog, "Evaluate a trained model: AUC, LogLoss, GAUC per task.")
+  p = task.config_parser(prog, "Evaluate a trained model: AUC, GAUC, LogLoss, normalized "
+                               "entropy (NE) and calibration per task.")
   p.add_argument("--checkpoint", default=None, help="checkpoint prefix (default: newest)")
   p.add_argument("--split", default="test", choices=["train", "valid", "test"])
   args = p.parse_args(argv)

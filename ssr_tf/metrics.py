@@ -1,5 +1,5 @@
-"""Exact ranking metrics in NumPy: AUC (rank-based, ties averaged), LogLoss, GAUC, and
-DeLong's paired test of two AUCs on the same rows."""
+"""Exact ranking metrics in NumPy: AUC (rank-based, ties averaged), LogLoss, normalized
+entropy, calibration, GAUC, and DeLong's paired test of two AUCs on the same rows."""
 from __future__ import annotations
 
 import math
@@ -40,6 +40,26 @@ def logloss(labels, probs, eps: float = 1e-7) -> float:
   y = np.asarray(labels, dtype=np.float64).ravel()
   p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), eps, 1 - eps)
   return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def normalized_entropy(labels, probs, eps: float = 1e-7) -> float:
+  """NE = LogLoss / H(base rate), H(r) = -r log r - (1 - r) log(1 - r): below 1 the model
+  beats always predicting the observed rate. NaN when only one class is present."""
+  y = np.asarray(labels, dtype=np.float64).ravel()
+  rate = float(y.mean()) if y.size else float("nan")
+  if not 0.0 < rate < 1.0:
+    return float("nan")
+  base = -(rate * math.log(rate) + (1.0 - rate) * math.log(1.0 - rate))
+  return logloss(y, probs, eps) / base
+
+
+def calibration(labels, probs) -> float:
+  """sum(predicted probabilities) / sum(labels): expected over observed positives (1 is
+  calibrated, above 1 over-predicts). NaN when there are no positives."""
+  positives = float(np.asarray(labels, dtype=np.float64).sum())
+  if positives == 0.0:
+    return float("nan")
+  return float(np.asarray(probs, dtype=np.float64).sum()) / positives
 
 
 def gauc(labels, scores, groups) -> float:

@@ -46,6 +46,8 @@ def test_train_evaluate_export_reload(tmp_path, make_config, capsys, model, back
   ev = json.loads((tmp_path / "model" / "eval_test.json").read_text())
   click = ev["tasks"]["click"]
   assert min_auc < click["auc"] <= 1.0 and "gauc" in click and click["oracle_auc"] > 0.6
+  assert 0.0 < click["oracle_ne"] < 1.0 and 0.5 < click["oracle_calibration"] < 1.5
+  assert click["ne"] > 0.0 and click["calibration"] > 0.0
 
   assert cli.main(["export", "--config", str(cfg_path), "--output", str(tmp_path / "export")]) == 0
   export_dir = tmp_path / "export" / "1"

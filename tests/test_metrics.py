@@ -1,10 +1,11 @@
-"""AUC / GAUC / LogLoss against brute force."""
+"""AUC / GAUC / LogLoss / NE / calibration against brute force and hand values; the evaluate
+table."""
 import itertools
 
 import numpy as np
 import pytest
 
-from ssr_tf import metrics
+from ssr_tf import evaluation, metrics
 
 
 def brute_auc(y, s):
@@ -53,6 +54,54 @@ def test_gauc_brute_force_random():
 
 def test_logloss():
   assert metrics.logloss([1, 0], [0.8, 0.4]) == pytest.approx(-(np.log(0.8) + np.log(0.6)) / 2)
+
+
+def test_normalized_entropy_against_the_base_rate():
+  y = np.array([1, 0, 0, 0])
+  base = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))
+  # predicting the observed rate everywhere scores exactly 1; a better model below 1
+  assert metrics.normalized_entropy(y, np.full(4, 0.25)) == pytest.approx(1.0)
+  p = np.array([0.7, 0.1, 0.2, 0.1])
+  assert metrics.normalized_entropy(y, p) == pytest.approx(metrics.logloss(y, p) / base)
+  assert metrics.normalized_entropy(y, p) < 1.0
+  assert np.isnan(metrics.normalized_entropy([0, 0], [0.1, 0.2]))
+  assert np.isnan(metrics.normalized_entropy([1, 1], [0.1, 0.2]))
+
+
+def test_calibration_is_expected_over_observed_positives():
+  assert metrics.calibration([1, 0, 0, 1], [0.5, 0.5, 0.5, 0.5]) == pytest.approx(1.0)
+  assert metrics.calibration([1, 0, 0, 0], [0.5, 0.5, 0.5, 0.5]) == pytest.approx(2.0)
+  assert metrics.calibration([1, 0, 1, 1], [0.3, 0.0, 0.3, 0.3]) == pytest.approx(0.3)
+  assert np.isnan(metrics.calibration([0, 0], [0.1, 0.2]))
+  # the true probabilities are calibrated in expectation
+  rng = np.random.default_rng(0)
+  p = rng.random(200_000) * 0.4
+  assert metrics.calibration(rng.random(p.size) < p, p) == pytest.approx(1.0, abs=0.01)
+
+
+def test_evaluate_scores_model_and_oracle_and_tabulates_them():
+  rng = np.random.default_rng(1)
+  oracle = rng.random(2000) * 0.5
+  y = (rng.random(2000) < oracle).astype(np.float32)
+  model = np.clip(oracle + rng.normal(0, 0.1, 2000), 0.01, 0.99)
+  arrays = {"label_click": y, "click_prob": model, "oracle_click": oracle,
+            "group": rng.integers(0, 20, 2000)}
+  r = evaluation.score(arrays, has_group=True)["click"]
+  assert r["auc"] == pytest.approx(metrics.auc(y, model))
+  assert r["ne"] == pytest.approx(metrics.normalized_entropy(y, model))
+  assert r["oracle_calibration"] == pytest.approx(metrics.calibration(y, oracle))
+  assert r["oracle_auc"] > r["auc"] and r["oracle_ne"] < r["ne"] < 1.0
+  assert r["rows"] == 2000 and r["positives"] == int(y.sum())
+  table = evaluation.format_table({"tasks": {"click": r}}).splitlines()
+  assert table[0].split() == ["metric", "click", "oracle"]
+  rows = {line.split()[0]: line.split()[1:] for line in table[1:]}
+  assert list(rows) == ["auc", "gauc", "logloss", "ne", "calibration", "rows", "positives"]
+  assert rows["ne"] == [f"{r['ne']:.4f}", f"{r['oracle_ne']:.4f}"]
+  assert rows["rows"] == ["2000"]                    # the oracle column has no counts
+  # no oracle, no groups: one column, no gauc row
+  plain = evaluation.score({"label_click": y, "click_prob": model}, has_group=False)
+  table = evaluation.format_table({"tasks": plain}).splitlines()
+  assert table[0].split() == ["metric", "click"] and not any(l.startswith("gauc") for l in table)
 
 
 def brute_placements(y, s):
