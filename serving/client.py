@@ -260,11 +260,15 @@ def main(argv: list[str], prog: str = "ssr_tf score") -> int:
         else:
           exs = [examples_lib.make_example(r, types or None, f"{args.input} record {n + i + 1}")
                  for i, r in enumerate(batch)]
+        where = f"{args.input} records {n + 1}-{n + len(exs)}"
         try:
           scores = scorer.score_examples(exs)
-        except ServingError as e:
-          raise DataError(f"{args.input} records {n + 1}-{n + len(exs)}: "
-                          f"{e.code.name}: {e.message}") from None
+        except ServingError as e:                       # --saved_model
+          raise DataError(f"{where}: {e.code.name}: {e.message}") from None
+        except grpc.RpcError as e:                      # --server: a bad record, by name
+          if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
+            raise
+          raise DataError(f"{where}: INVALID_ARGUMENT: {e.details()}") from None
         click, pay = scores["click_prob"], scores.get("pay_prob")
         for i in range(len(exs)):
           pv = float(pay[i]) if pay is not None else float("nan")

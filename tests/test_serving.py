@@ -401,3 +401,9 @@ def test_score_cli_errors(server, tmp_path):
   good.write_text('{"user_id": 1}\n')
   with pytest.raises(UserError, match="NOT_FOUND"):
     client_lib.main(["--server", server.target, "--input", str(good), "--model_name", "x"])
+  garbage = tmp_path / "bad.tfrecord"
+  with tf.io.TFRecordWriter(str(garbage)) as w:
+    for e in toy_examples(3, seed=0) + [b"\x01garbage"]:
+      w.write(e)
+  with pytest.raises(DataError, match=r"bad.tfrecord records 3-4: INVALID_ARGUMENT: .*examples"):
+    client_lib.main(["--server", server.target, "--input", str(garbage), "--batch_size", "2"])
