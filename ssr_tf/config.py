@@ -33,7 +33,8 @@ class DataConfig:
     batch_size: global batch size.
     shuffle_buffer: records in the shuffle buffer (0 disables shuffling).
     compression: "" or "GZIP" for the shards.
-    deterministic: fixed read order and shuffle seed (tests, reproducibility).
+    deterministic: fixed read order and shuffle seed: with the same ``train.seed`` two
+      runs train bit-identical weights (off: parallel reads in whatever order they finish).
     cycle_length: shards read in parallel by interleave.
   """
   spec: str = ""
