@@ -63,12 +63,6 @@ class RankingClient(examples_lib.ExampleScorer):
     self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
     self._types: Optional[dict[str, examples_lib.FeatureType]] = None
 
-  def __enter__(self) -> "RankingClient":
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.close()
-
   def close(self) -> None:
     self.channel.close()
 

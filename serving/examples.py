@@ -99,7 +99,17 @@ def make_example(row: Mapping[str, Any], types: Optional[Mapping[str, FeatureTyp
 
 class ExampleScorer:
   """What a ranking scorer (a server client or a local SavedModel) offers: scores for
-  tf.Examples, feature types from ``predict_raw``, and from those, scores for plain rows."""
+  tf.Examples, feature types from ``predict_raw``, and from those, scores for plain rows.
+  A context manager: leaving the ``with`` block calls ``close()``."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def close(self) -> None:
+    """Releases the channel or session."""
 
   def feature_types(self) -> dict[str, FeatureType]:
     raise NotImplementedError

@@ -73,12 +73,6 @@ class LocalScorer(examples_lib.ExampleScorer):
       raise UserError(f"--saved_model {self.path}: serving_default has no click_prob output "
                       f"(outputs: {sorted(self.signature.outputs)})")
 
-  def __enter__(self) -> "LocalScorer":
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.close()
-
   def close(self) -> None:
     self.servable.close()
 

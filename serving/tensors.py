@@ -130,12 +130,13 @@ def check_feeds(signature: str, specs: Mapping[str, InputSpec],
   Raises INVALID_ARGUMENT for a missing/unknown input, wrong dtype, wrong rank or dim,
   or inconsistent batch sizes, and RESOURCE_EXHAUSTED above `max_rows` rows.
   """
-  for name in arrays:
+  for name in sorted(arrays):
     if name not in specs:
       raise invalid(f"input '{name}' is not an input of signature '{signature}'; "
                     f"it takes {sorted(specs)}")
   rows, first = None, None
-  for name, spec in specs.items():
+  for name, spec in sorted(specs.items()):    # by name: the same error for the same request
+    # (a SignatureDef's inputs are a protobuf map, whose order may differ across processes)
     if name not in arrays:
       raise invalid(f"input '{name}' is missing; signature '{signature}' takes "
                     f"{sorted(specs)}")

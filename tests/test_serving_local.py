@@ -93,3 +93,4 @@ def test_score_cli_local_errors_name_the_path_or_record(base, tmp_path):
     client_lib.main(["--saved_model", str(base), "--input", str(bad), "--batch_size", "4"])
   with pytest.raises(SystemExit):             # --server and --saved_model exclude each other
     client_lib.main(["--saved_model", str(base), "--server", "x:1", "--input", str(good)])
+
