@@ -93,6 +93,13 @@ class TrainConfig:
       sparsity and magnitude (``logs/ics``, the paper's Figure 5), measured on a fixed
       probe batch of up to 1024 validation (else training) rows; 0 turns it off. Only for
       models with SSR layers under the default strategy.
+    warm_start_from: a checkpoint prefix, or the model_dir of an earlier run (its newest
+      best checkpoint): a new run starts from those model weights instead of random ones
+      (incremental training on the next day's data). Every weight of this model must be
+      in the checkpoint with the same shape and the checkpoint must hold no other model
+      weights, so model and feature spec must be those of the earlier run. The optimizer
+      and the learning-rate schedule start fresh. A run resuming from its own backup
+      ignores it.
   """
   model_dir: str = "model_dir"
   epochs: int = 3
@@ -106,6 +113,7 @@ class TrainConfig:
   seed: int = 42
   verbose: int = 2
   ics_log_every_steps: int = 100
+  warm_start_from: str = ""
 
 
 TASKS = ("click", "pay")   # the ranking tasks; labels and heads use these names

@@ -53,6 +53,63 @@ def restore(model: RankingModel, model_dir: str, checkpoint: Optional[str] = Non
   return path
 
 
+def checkpoint_path(source: str, key: str) -> str:
+  """`source` as a checkpoint prefix: itself, or the newest checkpoint in source/ckpt or
+  in source; a UserError naming config key `key` when there is none."""
+  if tf.io.gfile.exists(source + ".index"):
+    return source
+  for folder in (os.path.join(source, CKPT_SUBDIR), source):
+    found = tf.train.latest_checkpoint(folder) if tf.io.gfile.isdir(folder) else None
+    if found:
+      return found
+  raise UserError(f"config key '{key}': no checkpoint at {source} (give a checkpoint prefix "
+                  f"or the model_dir of a finished run, which holds {CKPT_SUBDIR}/)")
+
+
+def _model_weight_keys(path: str) -> set[str]:
+  """Checkpoint keys of the model's own weights (not its optimizer's)."""
+  return {k for k in tf.train.load_checkpoint(path).get_variable_to_shape_map()
+          if k.startswith("model/") and not k.startswith("model/optimizer/")
+          and k.endswith("/.ATTRIBUTES/VARIABLE_VALUE")}
+
+
+def warm_start(model: RankingModel, path: str, key: str) -> int:
+  """Loads every weight of `model` (not its optimizer) from checkpoint `path`; returns how
+  many. Refuses, naming `key`, a checkpoint that lacks one of them, holds one with another
+  shape, or holds model weights this model does not have."""
+  # The model's children without its optimizer: the checkpoint's optimizer entries then
+  # stay unmatched instead of being restored into this run's optimizer once it exists.
+  children = {name: child for name, child in model._trackable_children().items()  # pylint: disable=protected-access
+              if name != "optimizer"}
+  view = tf.Module()
+  for name, child in children.items():
+    setattr(view, name, child)
+  stored = _model_weight_keys(path)
+  try:
+    status = tf.train.Checkpoint(model=view).read(path).expect_partial()
+    status.assert_existing_objects_matched()
+  except (AssertionError, ValueError) as e:
+    first = str(e).splitlines()[0][:300]
+    raise UserError(f"config key '{key}': checkpoint {path} does not fit this model: "
+                    f"{first}") from None
+  own = _logical_weights(model)
+  if len(stored) != own:
+    raise UserError(f"config key '{key}': checkpoint {path} holds {len(stored)} model "
+                    f"weights, this model has {own}: it was trained with another model "
+                    "config")
+  return own
+
+
+def _logical_weights(model: RankingModel) -> int:
+  """How many weights `model` checkpoints: a table sharded over parameter servers
+  (a ShardedVariable, whose parts model.variables lists one by one) counts once."""
+  seen = set()
+  for v in model.variables:
+    container = getattr(v, "_sharded_container", None)   # set on each part by TF
+    seen.add(id(container()) if container is not None else id(v))
+  return len(seen)
+
+
 def data_errors(fn):
   """Runs `fn()`, turning TF data errors into one-line DataErrors."""
   try:

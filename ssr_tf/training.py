@@ -41,7 +41,7 @@ from ssr_tf import schedules
 from ssr_tf import task
 from ssr_tf.callbacks import ICSSparsityLogger, StepTensorBoard, ssr_layers
 from ssr_tf.config import ExperimentConfig, to_dict
-from ssr_tf.errors import DataError
+from ssr_tf.errors import DataError, UserError
 from ssr_tf.models.ranker import backbone_flops, backbone_params
 
 BACKUP_SUBDIR = "backup"
@@ -374,6 +374,19 @@ def _best_checkpoint_writer(model: tf.keras.Model, model_dir: pathlib.Path, stra
   return manager, save, had_checkpoint
 
 
+def _warm_start_checkpoint(cfg: ExperimentConfig, model_dir: pathlib.Path) -> Optional[str]:
+  """train.warm_start_from as a checkpoint prefix (None when unset). It must lie outside
+  model_dir: --overwrite clears model_dir, and a run never starts from its own output."""
+  if not cfg.train.warm_start_from:
+    return None
+  path = task.checkpoint_path(cfg.train.warm_start_from, "train.warm_start_from")
+  inside = pathlib.Path(path).resolve().is_relative_to(model_dir.resolve())
+  if inside:
+    raise UserError(f"config key 'train.warm_start_from': {path} lies inside this run's "
+                    f"train.model_dir ({model_dir}); train the new run into another model_dir")
+  return path
+
+
 def _clear_run(model_dir: pathlib.Path) -> None:
   """--overwrite: forget a previous run (backup, checkpoints, logs, state)."""
   for name in (BACKUP_SUBDIR, task.CKPT_SUBDIR):
@@ -427,6 +440,7 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   chief = distribute.is_chief(strategy)
   model_dir = pathlib.Path(cfg.train.model_dir)
   state_file = model_dir / "train_state.json"
+  warm = _warm_start_checkpoint(cfg, model_dir)    # checked before --overwrite clears anything
   if overwrite:
     _clear_run(model_dir)
   elif state_file.exists():
@@ -462,6 +476,12 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   backup_dir = str(model_dir / BACKUP_SUBDIR)
   initial_epoch, initial_step = resume_point(backup_dir, steps_per_epoch)
   start_step = initial_epoch * steps_per_epoch + initial_step
+  if warm and start_step == 0:
+    with strategy.scope():
+      loaded = task.warm_start(model, warm, "train.warm_start_from")
+    print(json.dumps({"warm_start": warm, "weights": loaded}))
+  elif warm:
+    warm = None                    # resuming this run: its backup has the newer weights
   train_in, valid_in = inputs(cfg, spec, strategy, global_batch, start_step, counts,
                                count_cache)
   validation = None
@@ -537,6 +557,7 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
            "seconds": round(time.time() - start, 1), "history": hist, "backbone": info,
            "checkpoint": manager.latest_checkpoint if chief else None,
            "steps_per_epoch": steps_per_epoch, "resumed_from_step": start_step,
+           "warm_started_from": warm,
            "optimizer_iterations": int(model.optimizer.iterations.numpy()),
            "weights_sha256": weights_digest(model),
            "distribution": {**distribute.describe(strategy), "global_batch": global_batch,

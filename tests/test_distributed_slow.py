@@ -265,3 +265,34 @@ def test_kill_and_resume(tmp_path, synth_dir):
     np.testing.assert_allclose(resumed["history"][key], reference["history"][key], atol=1e-6)
   assert_same_weights(resumed["checkpoint"], reference["checkpoint"], atol=1e-6)
   assert not (killed_dir / "backup").exists()          # removed once completed
+
+
+def test_parameter_server_run_warm_starts_from_a_single_device_run(tmp_path, synth_dir):
+  """Embedding tables sharded over two parameter servers take their values from an
+  unsharded checkpoint (a learning rate of 1e-12 keeps them where they were loaded)."""
+  first = tmp_path / "day1"
+  first.mkdir()
+  cfg = experiment_yaml(first, synth_dir, model=SMALL_MODEL,
+                        train={"epochs": 1, "steps_per_epoch": 4})
+  proc = subprocess.run(train_cmd(cfg), capture_output=True, text=True, timeout=600, env=env(),
+                        cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  second = tmp_path / "day2"
+  second.mkdir()
+  cfg = experiment_yaml(second, synth_dir, model=SMALL_MODEL,
+                        train={"epochs": 1, "steps_per_epoch": 2, "learning_rate": 1e-12,
+                               "warm_start_from": str(first / "model")},
+                        distribution={"strategy": "parameter_server", "local_workers": 2,
+                                      "local_ps": 2, "min_shard_bytes": 1024})
+  proc = subprocess.run(train_cmd(cfg), capture_output=True, text=True, timeout=600, env=env(),
+                        cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  state = json.loads((second / "model" / "train_state.json").read_text())
+  assert state["warm_started_from"].startswith(str(first / "model" / "ckpt"))
+  assert any(s["shards"] == 2 for s in state["distribution"]["embedding_shards"].values())
+  before = checkpoint_values(state["warm_started_from"])
+  after = checkpoint_values(state["checkpoint"])
+  weights = [k for k in before if "/optimizer/" not in k]
+  assert len(weights) > 20
+  for k in weights:
+    np.testing.assert_allclose(after[k], before[k], atol=1e-9, err_msg=k)
