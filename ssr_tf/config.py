@@ -97,9 +97,10 @@ class TrainConfig:
       best checkpoint): a new run starts from those model weights instead of random ones
       (incremental training on the next day's data). Every weight of this model must be
       in the checkpoint with the same shape and the checkpoint must hold no other model
-      weights, so model and feature spec must be those of the earlier run. The optimizer
-      and the learning-rate schedule start fresh. A run resuming from its own backup
-      ignores it.
+      weights, so model and feature spec must be those of the earlier run; a feature
+      whose vocabulary, buckets or boundaries changed is refused by name (checked against
+      the earlier run's model_dir/feature_rows.json). The optimizer and the
+      learning-rate schedule start fresh. A run resuming from its own backup ignores it.
   """
   model_dir: str = "model_dir"
   epochs: int = 3

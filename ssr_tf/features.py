@@ -20,6 +20,8 @@ values seen ``<= min_count`` times map to OOV.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import pathlib
 from typing import Optional
 
@@ -81,6 +83,22 @@ class Feature:
         continue
       values.append(int(value) if self.dtype == "int64" else value)
     return values
+
+  def rows_digest(self) -> str:
+    """A hash of what the embedding rows stand for (ids, hash buckets, the vocabulary's
+    values in order, numeric boundaries or scaling): equal digests index the same values
+    to the same rows. Warm starts compare them."""
+    if self.type == "numeric":
+      rows = (["dense", self.mean, self.std] if self.transform == "dense"
+              else ["buckets", *self.boundaries])
+    elif self.num_buckets is not None:
+      rows = ["ids", self.num_buckets]
+    elif self.hash_buckets is not None:
+      rows = ["hash", self.hash_buckets]
+    else:
+      rows = ["vocab", *self.vocabulary()]
+    text = json.dumps([self.type, self.dtype, *rows])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
   def table_size(self) -> int:
     """Rows of the embedding table (row 0 = OOV/missing); 0 for dense numerics."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 from typing import Optional
@@ -28,10 +29,14 @@ def config_from_args(args) -> ExperimentConfig:
   return load_config(args.config, args.set)
 
 
-def build(cfg: ExperimentConfig) -> tuple[FeatureSpec, RankingModel]:
-  spec = load_spec(cfg.data.spec) if cfg.data.spec else None
-  if spec is None:
+def build_spec(cfg: ExperimentConfig) -> FeatureSpec:
+  if not cfg.data.spec:
     raise UserError("config key 'data.spec' is empty: give the feature spec YAML")
+  return load_spec(cfg.data.spec)
+
+
+def build(cfg: ExperimentConfig) -> tuple[FeatureSpec, RankingModel]:
+  spec = build_spec(cfg)
   return spec, build_model(spec, cfg.model)
 
 
@@ -98,6 +103,33 @@ def warm_start(model: RankingModel, path: str, key: str) -> int:
                     f"weights, this model has {own}: it was trained with another model "
                     "config")
   return own
+
+
+FEATURE_ROWS_FILE = "feature_rows.json"
+
+
+def feature_rows(spec: FeatureSpec) -> dict[str, str]:
+  """{feature: Feature.rows_digest()}; `ssr_tf train` writes it to model_dir."""
+  return {f.name: f.rows_digest() for f in spec.features}
+
+
+def check_feature_rows(spec: FeatureSpec, path: str, key: str) -> None:
+  """Refuses, naming `key` and the features, a warm start whose embedding rows would change
+  meaning: a feature whose vocabulary (values or order), buckets or boundaries differ
+  from those of the run that wrote checkpoint `path`. Checked when that run's model_dir
+  (the parent of its ckpt/) holds feature_rows.json."""
+  ckpt_dir = pathlib.Path(path).parent
+  recorded = ckpt_dir.parent / FEATURE_ROWS_FILE if ckpt_dir.name == CKPT_SUBDIR else None
+  if recorded is None or not recorded.is_file():
+    return
+  before = json.loads(recorded.read_text())
+  changed = sorted(n for n, digest in feature_rows(spec).items()
+                   if n in before and before[n] != digest)
+  if changed:
+    raise UserError(f"config key '{key}': the embedding rows of feature(s) {changed} stand "
+                    f"for other values than in the run that wrote {path} (vocabulary, "
+                    "buckets or boundaries changed); warm-start only with that run's "
+                    "feature spec and vocabularies")
 
 
 def _logical_weights(model: RankingModel) -> int:

@@ -379,11 +379,12 @@ def _warm_start_checkpoint(cfg: ExperimentConfig, model_dir: pathlib.Path) -> Op
   model_dir: --overwrite clears model_dir, and a run never starts from its own output."""
   if not cfg.train.warm_start_from:
     return None
-  path = task.checkpoint_path(cfg.train.warm_start_from, "train.warm_start_from")
-  inside = pathlib.Path(path).resolve().is_relative_to(model_dir.resolve())
-  if inside:
-    raise UserError(f"config key 'train.warm_start_from': {path} lies inside this run's "
-                    f"train.model_dir ({model_dir}); train the new run into another model_dir")
+  key = "train.warm_start_from"
+  path = task.checkpoint_path(cfg.train.warm_start_from, key)
+  if pathlib.Path(path).resolve().is_relative_to(model_dir.resolve()):
+    raise UserError(f"config key '{key}': {path} lies inside this run's train.model_dir "
+                    f"({model_dir}); train the new run into another model_dir")
+  task.check_feature_rows(task.build_spec(cfg), path, key)
   return path
 
 
@@ -476,6 +477,8 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   backup_dir = str(model_dir / BACKUP_SUBDIR)
   initial_epoch, initial_step = resume_point(backup_dir, steps_per_epoch)
   start_step = initial_epoch * steps_per_epoch + initial_step
+  if chief:
+    atomic_write_text(model_dir / task.FEATURE_ROWS_FILE, json.dumps(task.feature_rows(spec)))
   if warm and start_step == 0:
     with strategy.scope():
       loaded = task.warm_start(model, warm, "train.warm_start_from")

@@ -177,7 +177,8 @@ def test_multi_worker_mirrored_two_processes(tmp_path, synth_dir):
   assert state["distribution"]["replicas"] == 2 and state["distribution"]["global_batch"] == 256
   assert state["distribution"]["per_replica_batch"] == 128
   assert sorted(os.listdir(tmp_path / "model")) == sorted(
-      ["callbacks.json", "ckpt", "config.yaml", "history.jsonl", "logs", "progress.jsonl",
+      ["callbacks.json", "ckpt", "config.yaml", "feature_rows.json", "history.jsonl", "logs",
+       "progress.jsonl",
        "record_counts.json", "train_state.json"])      # no worker temp dirs, no backup left
 
 

@@ -2,14 +2,17 @@
 optimizer); checkpoints that do not fit are refused, naming the key, before anything is
 touched."""
 import json
+import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
+import yaml
 
 from conftest import experiment_yaml
 from ssr_tf import cli, task
 from ssr_tf.config import load_config
+from ssr_tf.features import load_spec
 
 
 def _config(tmp_path, synth_dir, name, **train):
@@ -85,3 +88,30 @@ def test_missing_or_self_warm_start_is_refused_before_overwrite(earlier, synth_d
   assert cli.main(["train", "--config", str(cfg), "--overwrite"]) == 2
   assert "lies inside this run's train.model_dir" in capsys.readouterr().err
   assert sorted(p.name for p in (own / "ckpt").iterdir()) == before   # nothing cleared
+
+
+def test_a_changed_vocabulary_is_refused_naming_the_feature(earlier, synth_dir, tmp_path, capsys):
+  """Same table sizes, different values behind the rows: the shapes fit, the meaning not."""
+  base, _, _ = earlier
+  data = tmp_path / "data"
+  shutil.copytree(synth_dir, data)
+  spec = yaml.safe_load((data / "spec.yaml").read_text())
+  feature = next(f for f in spec["features"] if f.get("vocab_file"))
+  vocab = data / feature["vocab_file"]
+  lines = vocab.read_text().splitlines()
+  kept = [i for i, line in enumerate(lines)                 # values above min_count
+          if int(line.partition("\t")[2] or 1 << 30) > feature.get("min_count", 0)]
+  i, j = kept[:2]
+  lines[i], lines[j] = lines[j], lines[i]                    # two kept values swap rows
+  vocab.write_text("\n".join(lines) + "\n")
+  run = tmp_path / "run"
+  run.mkdir()
+  cfg = experiment_yaml(run, data, train={"epochs": 1, "steps_per_epoch": 2,
+                                          "warm_start_from": str(base / "day1" / "model")})
+  assert cli.main(["train", "--config", str(cfg), "--overwrite"]) == 2
+  err = capsys.readouterr().err
+  assert f"feature(s) ['{feature['name']}']" in err and "'train.warm_start_from'" in err
+  assert not (run / "model").exists()                 # refused before anything was written
+  # the digests behind the check: only the swapped feature's changed
+  assert json.loads((base / "day1" / "model" / "feature_rows.json").read_text()) != \
+      task.feature_rows(load_spec(str(data / "spec.yaml")))
