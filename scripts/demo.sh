@@ -22,7 +22,7 @@ step "2/6 train SSR-D (ssr_tf train --config configs/demo_ssr_d.yaml)"
 $BIN/ssr_tf train --config configs/demo_ssr_d.yaml --overwrite 2>&1 | quiet
 step "3/6 train the DNN baseline (ssr_tf train --config configs/demo_dnn.yaml)"
 $BIN/ssr_tf train --config configs/demo_dnn.yaml --overwrite --set train.verbose=0 2>&1 | quiet
-step "4/6 evaluate on the test split (exact AUC, GAUC by user, LogLoss; oracle = true probabilities)"
+step "4/6 evaluate on the test split (exact AUC, GAUC by user, LogLoss, NE, calibration; oracle = the true probabilities)"
 for m in ssr_d dnn; do
   cfg=configs/demo_$m.yaml
   echo "-- $m"
