@@ -175,3 +175,26 @@ def test_delong_is_calibrated_under_the_null():
     rejections += r["p_value"] < 0.05
   assert 0.85 < np.mean(ses) / np.std(diffs) < 1.15
   assert 0.02 <= rejections / reps <= 0.09
+
+
+def test_slices_score_each_value_and_pool_the_rest():
+  rng = np.random.default_rng(2)
+  n = 3000
+  slice_values = rng.choice(np.array([b"a", b"b", b"c", b"d"]), size=n, p=[0.4, 0.3, 0.2, 0.1])
+  p = rng.random(n) * 0.6
+  y = (rng.random(n) < p).astype(np.float32)
+  arrays = {"label_click": y, "click_prob": p, "slice": slice_values}
+  out = evaluation.score_slices(arrays, max_slices=2)
+  assert [v["value"] for v in out] == ["a", "b", "(other)"]          # by frequency
+  assert sum(v["rows"] for v in out) == n
+  for v, rows in zip(out, [slice_values == b"a", slice_values == b"b",
+                           np.isin(slice_values, [b"c", b"d"])]):
+    assert v["rows"] == rows.sum() and v["click"]["positives"] == int(y[rows].sum())
+    assert v["click"]["auc"] == pytest.approx(metrics.auc(y[rows], p[rows]))
+    assert v["click"]["calibration"] == pytest.approx(metrics.calibration(y[rows], p[rows]))
+  table = evaluation.format_slices({"by": "city", "values": out}).splitlines()
+  assert table[0].split()[:3] == ["city", "rows", "click"] and table[3].startswith("(other)")
+  # a slice with one class has no AUC: JSON null, "-" in the table
+  arrays["label_click"] = np.where(slice_values == b"d", 0.0, y)
+  out = evaluation.score_slices(arrays, max_slices=4)
+  assert evaluation.json_safe(out)[3]["click"]["auc"] is None
