@@ -45,6 +45,17 @@ def train_cmd(cfg, *sets) -> list[str]:
   return cmd
 
 
+TWO_PS = {"strategy": "parameter_server", "local_workers": 2, "local_ps": 2,
+          "min_shard_bytes": 1024}           # 1 KiB shards: most tables split over both ps
+
+
+def train_ok(cfg) -> None:
+  """`ssr_tf train --config cfg` in a fresh process; it must succeed."""
+  proc = subprocess.run(train_cmd(cfg), capture_output=True, text=True, timeout=600, env=env(),
+                        cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def last_json(text: str) -> dict:
   return json.loads([l for l in text.splitlines() if l.startswith("{")][-1])
 
@@ -183,13 +194,8 @@ def test_multi_worker_mirrored_two_processes(tmp_path, synth_dir):
 
 
 def test_parameter_server_shards_embedding_tables(tmp_path, synth_dir):
-  cfg = experiment_yaml(tmp_path, synth_dir, model=SMALL_MODEL,
-                        train={"epochs": 1, "steps_per_epoch": 6},
-                        distribution={"strategy": "parameter_server", "local_workers": 2,
-                                      "local_ps": 2, "min_shard_bytes": 1024})
-  proc = subprocess.run(train_cmd(cfg), capture_output=True, text=True, timeout=600, env=env(),
-                        cwd=REPO)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  train_ok(experiment_yaml(tmp_path, synth_dir, model=SMALL_MODEL,
+                           train={"epochs": 1, "steps_per_epoch": 6}, distribution=TWO_PS))
   state = json.loads((tmp_path / "model" / "train_state.json").read_text())
   dist = state["distribution"]
   assert dist["workers"] == 2 and dist["ps"] == 2 and state["optimizer_iterations"] == 6
@@ -273,21 +279,14 @@ def test_parameter_server_run_warm_starts_from_a_single_device_run(tmp_path, syn
   unsharded checkpoint (a learning rate of 1e-12 keeps them where they were loaded)."""
   first = tmp_path / "day1"
   first.mkdir()
-  cfg = experiment_yaml(first, synth_dir, model=SMALL_MODEL,
-                        train={"epochs": 1, "steps_per_epoch": 4})
-  proc = subprocess.run(train_cmd(cfg), capture_output=True, text=True, timeout=600, env=env(),
-                        cwd=REPO)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  train_ok(experiment_yaml(first, synth_dir, model=SMALL_MODEL,
+                           train={"epochs": 1, "steps_per_epoch": 4}))
   second = tmp_path / "day2"
   second.mkdir()
-  cfg = experiment_yaml(second, synth_dir, model=SMALL_MODEL,
-                        train={"epochs": 1, "steps_per_epoch": 2, "learning_rate": 1e-12,
-                               "warm_start_from": str(first / "model")},
-                        distribution={"strategy": "parameter_server", "local_workers": 2,
-                                      "local_ps": 2, "min_shard_bytes": 1024})
-  proc = subprocess.run(train_cmd(cfg), capture_output=True, text=True, timeout=600, env=env(),
-                        cwd=REPO)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  train_ok(experiment_yaml(second, synth_dir, model=SMALL_MODEL,
+                           train={"epochs": 1, "steps_per_epoch": 2, "learning_rate": 1e-12,
+                                  "warm_start_from": str(first / "model")},
+                           distribution=TWO_PS))
   state = json.loads((second / "model" / "train_state.json").read_text())
   assert state["warm_started_from"].startswith(str(first / "model" / "ckpt"))
   assert any(s["shards"] == 2 for s in state["distribution"]["embedding_shards"].values())
