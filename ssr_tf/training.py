@@ -39,6 +39,7 @@ from ssr_tf import data as data_lib
 from ssr_tf import distribute
 from ssr_tf import schedules
 from ssr_tf import task
+from ssr_tf import warm_start
 from ssr_tf.callbacks import ICSSparsityLogger, StepTensorBoard, ssr_layers
 from ssr_tf.config import ExperimentConfig, to_dict
 from ssr_tf.errors import DataError, UserError
@@ -384,7 +385,7 @@ def _warm_start_checkpoint(cfg: ExperimentConfig, model_dir: pathlib.Path) -> Op
   if pathlib.Path(path).resolve().is_relative_to(model_dir.resolve()):
     raise UserError(f"config key '{key}': {path} lies inside this run's train.model_dir "
                     f"({model_dir}); train the new run into another model_dir")
-  task.check_feature_rows(task.build_spec(cfg), path, key)
+  warm_start.check_feature_rows(task.build_spec(cfg), path, key)
   return path
 
 
@@ -478,13 +479,12 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   initial_epoch, initial_step = resume_point(backup_dir, steps_per_epoch)
   start_step = initial_epoch * steps_per_epoch + initial_step
   if chief:
-    atomic_write_text(model_dir / task.FEATURE_ROWS_FILE, json.dumps(task.feature_rows(spec)))
-  if warm and start_step == 0:
+    atomic_write_text(model_dir / warm_start.FEATURE_ROWS_FILE,
+                      json.dumps(warm_start.feature_rows(spec)))
+  if warm and start_step == 0:    # (a resumed run takes its newer weights from its backup)
     with strategy.scope():
-      loaded = task.warm_start(model, warm, "train.warm_start_from")
+      loaded = warm_start.load_weights(model, warm, "train.warm_start_from")
     print(json.dumps({"warm_start": warm, "weights": loaded}))
-  elif warm:
-    warm = None                    # resuming this run: its backup has the newer weights
   train_in, valid_in = inputs(cfg, spec, strategy, global_batch, start_step, counts,
                                count_cache)
   validation = None

@@ -10,7 +10,7 @@ import tensorflow as tf
 import yaml
 
 from conftest import experiment_yaml
-from ssr_tf import cli, task
+from ssr_tf import cli, task, warm_start
 from ssr_tf.config import load_config
 from ssr_tf.features import load_spec
 
@@ -34,7 +34,7 @@ def test_weights_come_from_the_checkpoint_and_the_optimizer_starts_fresh(earlier
   _, cfg, ckpt = earlier
   _, model = task.build(load_config(str(cfg)))
   reader = tf.train.load_checkpoint(ckpt)
-  assert task.warm_start(model, ckpt, "k") == len(model.variables)
+  assert warm_start.load_weights(model, ckpt, "k") == len(model.variables)
   proj = model.backbone.ssr_layers[0].proj_kernel
   np.testing.assert_array_equal(
       proj.numpy(),
@@ -114,4 +114,4 @@ def test_a_changed_vocabulary_is_refused_naming_the_feature(earlier, synth_dir, 
   assert not (run / "model").exists()                 # refused before anything was written
   # the digests behind the check: only the swapped feature's changed
   assert json.loads((base / "day1" / "model" / "feature_rows.json").read_text()) != \
-      task.feature_rows(load_spec(str(data / "spec.yaml")))
+      warm_start.feature_rows(load_spec(str(data / "spec.yaml")))
