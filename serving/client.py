@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
+import glob
 import json
 import os
 import sys
 import time
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import ssr_tf  # noqa: F401  (TF log level before TensorFlow loads)
 import grpc
@@ -215,16 +215,55 @@ def _open_scorer(args) -> examples_lib.ExampleScorer:
   return RankingClient(args.server, args.model_name, args.version, args.timeout)
 
 
+def _score_file(scorer: examples_lib.ExampleScorer, path: str, fmt: str, batch_size: int,
+                write: Callable[[float, float], None]) -> int:
+  """Scores every record of one input file, in batches; returns how many. A batch the
+  model rejects is named by file and record range."""
+  types = scorer.feature_types() if fmt != "tfrecord" else None
+  n = 0
+  for batch in _batches(read_records(path, fmt), batch_size):
+    if fmt == "tfrecord":
+      exs = batch
+    else:
+      exs = [examples_lib.make_example(r, types or None, f"{path} record {n + i + 1}")
+             for i, r in enumerate(batch)]
+    where = f"{path} records {n + 1}-{n + len(exs)}"
+    try:
+      scores = scorer.score_examples(exs)
+    except ServingError as e:                       # --saved_model
+      raise DataError(f"{where}: {e.code.name}: {e.message}") from None
+    except grpc.RpcError as e:                      # --server: a bad record, by name
+      if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
+        raise
+      raise DataError(f"{where}: INVALID_ARGUMENT: {e.details()}") from None
+    click, pay = scores["click_prob"], scores.get("pay_prob")
+    for i in range(len(exs)):
+      write(float(click[i]), float(pay[i]) if pay is not None else float("nan"))
+    n += len(exs)
+  return n
+
+
+def input_files(pattern: str) -> list[str]:
+  """The files of --input: one path, or every match of a glob pattern, sorted."""
+  paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+  if not paths:
+    raise DataError(f"--input {pattern}: no file matches")
+  for path in paths:
+    if not os.path.isfile(path):
+      raise DataError(f"--input {path}: file not found")
+  return paths
+
+
 def main(argv: list[str], prog: str = "ssr_tf score") -> int:
   """Entry point of `ssr_tf score`: prints click_prob and pay_prob per input record."""
-  p = argparse.ArgumentParser(prog=prog, description="Score a file through a running server "
+  p = argparse.ArgumentParser(prog=prog, description="Score files through a running server "
                               "(TF Serving or `ssr_tf serve`) or an export on disk.")
   where = p.add_mutually_exclusive_group(required=True)
   where.add_argument("--server", help="HOST:PORT of the gRPC server")
   where.add_argument("--saved_model", help="score in-process with this export: a SavedModel "
                      "directory or an `ssr_tf export` base (its highest version)")
   p.add_argument("--input", required=True, help="TFRecord of tf.Examples, CSV (header row) "
-                 "or JSON lines")
+                 "or JSON lines; a glob pattern (quoted) scores every match in name order")
   p.add_argument("--format", choices=["auto", "tfrecord", "csv", "jsonl"], default="auto")
   p.add_argument("--model_name", default="ssr", help="served model name (--server)")
   p.add_argument("--version", type=int, default=None, help="default: the latest")
@@ -235,46 +274,29 @@ def main(argv: list[str], prog: str = "ssr_tf score") -> int:
   args = p.parse_args(argv)
   if args.batch_size < 1:
     p.error("--batch_size must be >= 1")
-  fmt = detect_format(args.input) if args.format == "auto" else args.format
+  paths = input_files(args.input)      # a missing input fails before the model loads
   source = args.server or args.saved_model
-  records = read_records(args.input, fmt)
-  first = next(records, None)          # a missing or unreadable input fails before loading
   out = sys.stdout if args.output == "-" else open(args.output, "w")
+
+  def write(click: float, pay: float) -> None:
+    if args.json:
+      out.write(json.dumps({"click_prob": click, "pay_prob": pay}) + "\n")
+    else:
+      out.write(f"{click:.6f}\t{pay:.6f}\n")
+
   n = 0
   try:
     with _open_scorer(args) as scorer:
-      types = scorer.feature_types() if fmt != "tfrecord" else None
       if not args.json:
         out.write("click_prob\tpay_prob\n")
-      batches = _batches(itertools.chain([] if first is None else [first], records),
-                         args.batch_size)
-      for batch in batches:
-        if fmt == "tfrecord":
-          exs = batch
-        else:
-          exs = [examples_lib.make_example(r, types or None, f"{args.input} record {n + i + 1}")
-                 for i, r in enumerate(batch)]
-        where = f"{args.input} records {n + 1}-{n + len(exs)}"
-        try:
-          scores = scorer.score_examples(exs)
-        except ServingError as e:                       # --saved_model
-          raise DataError(f"{where}: {e.code.name}: {e.message}") from None
-        except grpc.RpcError as e:                      # --server: a bad record, by name
-          if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
-            raise
-          raise DataError(f"{where}: INVALID_ARGUMENT: {e.details()}") from None
-        click, pay = scores["click_prob"], scores.get("pay_prob")
-        for i in range(len(exs)):
-          pv = float(pay[i]) if pay is not None else float("nan")
-          if args.json:
-            out.write(json.dumps({"click_prob": float(click[i]), "pay_prob": pv}) + "\n")
-          else:
-            out.write(f"{float(click[i]):.6f}\t{pv:.6f}\n")
-        n += len(exs)
+      for path in paths:
+        fmt = detect_format(path) if args.format == "auto" else args.format
+        n += _score_file(scorer, path, fmt, args.batch_size, write)
   except grpc.RpcError as e:
     raise UserError(f"server {source}: {e.code().name}: {e.details()}") from None
   finally:
     if out is not sys.stdout:
       out.close()
-  print(f"scored {n} records from {args.input} ({fmt}) with {source}", file=sys.stderr)
+  print(f"scored {n} records from {len(paths)} file(s) matching {args.input} with {source}",
+        file=sys.stderr)
   return 0

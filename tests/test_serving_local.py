@@ -68,6 +68,26 @@ def test_score_cli_local_matches_and_writes_a_file(base, tmp_path, capsys):
   assert lines[0] == "click_prob\tpay_prob" and len(lines) == 2
 
 
+def test_score_cli_glob_scores_every_file_in_name_order(base, tmp_path, capsys):
+  shards = []
+  for i, seed in enumerate((5, 6, 7)):
+    exs = toy_examples(3 + i, seed=seed)
+    shards.append(exs)
+    with tf.io.TFRecordWriter(str(tmp_path / f"part-{i}.tfrecord")) as w:
+      for e in exs:
+        w.write(e)
+  (tmp_path / "notes.txt").write_text("not matched\n")
+  assert client_lib.main(["--saved_model", str(base), "--input", str(tmp_path / "part-*"),
+                          "--batch_size", "2"]) == 0
+  captured = capsys.readouterr()
+  got = [float(line.split("\t")[0]) for line in captured.out.splitlines()[1:]]
+  want = _reference(base / "2", [e for exs in shards for e in exs])["click_prob"]
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  assert "scored 12 records from 3 file(s)" in captured.err
+  with pytest.raises(DataError, match="no file matches"):
+    client_lib.main(["--saved_model", str(base), "--input", str(tmp_path / "nothing-*")])
+
+
 def test_score_cli_local_errors_name_the_path_or_record(base, tmp_path):
   good = tmp_path / "ok.jsonl"
   good.write_text('{"user_id": 1}\n')
