@@ -29,7 +29,7 @@ import grpc
 import numpy as np
 from tensorflow_serving.apis import predict_pb2
 
-from ssr_tf.errors import UserError
+from ssr_tf.errors import UserError, output_file
 from ssr_tf.serving import examples as examples_lib
 from ssr_tf.serving.client import RankingClient
 from ssr_tf.serving.manager import list_versions
@@ -270,6 +270,8 @@ def main(argv: list[str], prog: str = "ssr_tf bench serving") -> int:
     p.error("give exactly one of --model_base_path and --server")
   if args.hot_reload and not args.model_base_path:
     p.error("--hot_reload needs --model_base_path")
+  if args.output:
+    output_file(args.output)             # before the benchmark runs, not after
   server_args = args.server_args.split()
   result: dict[str, Any] = {
       "host": {"cpus": os.cpu_count(), "machine": platform.machine(),

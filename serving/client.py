@@ -33,7 +33,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from ssr_tf.errors import DataError, UserError
+from ssr_tf.errors import DataError, UserError, output_file
 from ssr_tf.serving import examples as examples_lib
 from ssr_tf.serving.tensors import ServingError, ndarray_to_tensor, tensor_to_ndarray
 
@@ -276,7 +276,7 @@ def main(argv: list[str], prog: str = "ssr_tf score") -> int:
     p.error("--batch_size must be >= 1")
   paths = input_files(args.input)      # a missing input fails before the model loads
   source = args.server or args.saved_model
-  out = sys.stdout if args.output == "-" else open(args.output, "w")
+  out = sys.stdout if args.output == "-" else open(output_file(args.output), "w")
 
   def write(click: float, pay: float) -> None:
     if args.json:

@@ -13,7 +13,7 @@ from typing import Optional
 
 from ssr_tf import metrics, task
 from ssr_tf.config import TASKS, ExperimentConfig, load_config
-from ssr_tf.errors import UserError
+from ssr_tf.errors import UserError, output_file
 from ssr_tf.evaluation import json_safe, predict_split
 
 
@@ -62,6 +62,8 @@ def main(argv: list[str], prog: str = "ssr_tf compare") -> int:
   p.add_argument("--split", default="test", choices=["train", "valid", "test"])
   p.add_argument("--output", default=None, help="also write the result JSON here")
   args = p.parse_args(argv)
+  if args.output:
+    output_file(args.output)             # before the scoring, not after it
   result = compare(task.config_from_args(args), load_config(args.against, args.set_against),
                    args.split, args.checkpoint, args.checkpoint_against)
   print(format_table(result))

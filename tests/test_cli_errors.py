@@ -92,3 +92,18 @@ def test_exit_code_from_the_real_binary(make_config):
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2
   assert "unknown model 'ssrr'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["compare", "--config", "{cfg}", "--against", "{cfg}", "--output", "{bad}/c.json"],
+    ["score", "--saved_model", "{tmp}", "--input", "{cfg}", "--output", "{bad}/s.tsv"],
+    ["bench", "serving", "--server", "127.0.0.1:1", "--output", "{bad}/b.json"],
+])
+def test_unwritable_output_is_named_before_any_work(capsys, make_config, tmp_path, argv):
+  blocker = tmp_path / "blocker"
+  blocker.write_text("a file where a folder should be\n")
+  cfg = make_config()
+  args = [a.format(cfg=cfg, tmp=tmp_path, bad=blocker) for a in argv]
+  assert cli.main(args) == 2
+  err = capsys.readouterr().err
+  assert f"--output {blocker}" in err and "cannot create its folder" in err
