@@ -3,6 +3,9 @@
 Layout ``DIR/<version>/saved_model.pb``. Signatures:
   serving_default(examples: string[batch] serialized tf.Example) -> click_prob, pay_prob
   predict_raw(<one tensor per feature>) -> click_prob, pay_prob
+Each version also ships ``assets.extra/tf_serving_warmup_requests``: PredictionLog records
+of real examples that TF Serving (``--enable_model_warmup``, its default) and ``ssr_tf
+serve`` replay before the version takes traffic, so its first requests are not slow.
 """
 from __future__ import annotations
 
@@ -12,10 +15,16 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
 from ssr_tf import data as data_lib
 from ssr_tf import task
+from ssr_tf.config import ExperimentConfig
 from ssr_tf.errors import UserError
 from ssr_tf.layers.embedding import raw_input_signature
+from ssr_tf.serving.servable import WARMUP_FILE
+
+WARMUP_BATCHES = (1, 32, 128)
 
 
 class ServingModule(tf.Module):
@@ -49,8 +58,41 @@ def next_version(output_dir: str) -> int:
   return max(versions, default=0) + 1
 
 
-def export_saved_model(model, spec, output_dir: str, version: Optional[int] = None) -> str:
-  """Writes ``output_dir/<version>`` and returns its path."""
+def warmup_examples(cfg: ExperimentConfig, count: int) -> list[bytes]:
+  """Up to `count` serialized records of the test split (else validation, else training)."""
+  for key in ("test", "valid", "train"):
+    pattern = getattr(cfg.data, key)
+    if pattern:
+      files = data_lib.list_files(pattern, f"data.{key}")
+      ds = tf.data.TFRecordDataset(files, compression_type=cfg.data.compression or None)
+      records = [bytes(r) for r in ds.take(count).as_numpy_iterator()]
+      if not records:
+        raise UserError(f"export warm-up: data.{key} ({pattern}) holds no records")
+      return records
+  raise UserError("export warm-up needs records: data.test, data.valid and data.train are "
+                  "all empty (or pass --warmup_batches '')")
+
+
+def write_warmup(version_dir: pathlib.Path, examples: list[bytes], batches) -> int:
+  """One serving_default PredictRequest per batch size (examples repeated when fewer),
+  as TF Serving's warm-up file; returns how many records."""
+  target = version_dir / WARMUP_FILE
+  target.parent.mkdir(parents=True, exist_ok=True)
+  with tf.io.TFRecordWriter(str(target)) as w:
+    for size in batches:
+      req = predict_pb2.PredictRequest()
+      req.model_spec.signature_name = "serving_default"
+      rows = [examples[i % len(examples)] for i in range(size)]
+      req.inputs["examples"].CopyFrom(tf.make_tensor_proto(rows, dtype=tf.string))
+      log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req))
+      w.write(log.SerializeToString())
+  return len(batches)
+
+
+def export_saved_model(model, spec, output_dir: str, version: Optional[int] = None,
+                       warmup: Optional[list[bytes]] = None, batches=WARMUP_BATCHES) -> str:
+  """Writes ``output_dir/<version>`` (with a warm-up file when `warmup` examples are
+  given) and returns its path."""
   version = next_version(output_dir) if version is None else int(version)
   path = pathlib.Path(output_dir) / str(version)
   if path.exists():
@@ -58,8 +100,21 @@ def export_saved_model(model, spec, output_dir: str, version: Optional[int] = No
   module = ServingModule(model, spec)
   tmp = path.with_name(f".{version}.tmp")
   tf.saved_model.save(module, str(tmp), signatures=module.signatures())
+  if warmup:
+    write_warmup(tmp, warmup, batches)
   tmp.rename(path)     # TF Serving never sees a half-written version
   return str(path)
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+  try:
+    sizes = tuple(int(x) for x in text.split(",") if x.strip())
+  except ValueError:
+    raise UserError(f"--warmup_batches {text!r}: expected comma-separated batch sizes, "
+                    "e.g. 1,32,128") from None
+  if any(n < 1 for n in sizes):
+    raise UserError(f"--warmup_batches {text!r}: batch sizes must be >= 1")
+  return sizes
 
 
 def main(argv: list[str], prog: str = "ssr_tf export") -> int:
@@ -70,13 +125,19 @@ def main(argv: list[str], prog: str = "ssr_tf export") -> int:
   p.add_argument("--fused", action="store_true",
                  help="keep the fused custom op in the graph (the server must load "
                       "ssr_tf's op library); default exports the pure-TF graph")
+  p.add_argument("--warmup_batches", default=",".join(map(str, WARMUP_BATCHES)),
+                 help="batch sizes of the TF Serving warm-up requests written with the "
+                      "export (real records of the test split); '' writes none")
   args = p.parse_args(argv)
+  batches = _batch_sizes(args.warmup_batches)
   cfg = task.config_from_args(args)
   if cfg.model.name in ("ssr", "ssr_msn") or "impl" in cfg.model.backbone:
     cfg.model.backbone = {**cfg.model.backbone, "impl": "fused" if args.fused else "tf"}
   spec, model = task.build(cfg)
   ckpt = task.restore(model, cfg.train.model_dir, args.checkpoint)
-  path = export_saved_model(model, spec, args.output, args.version)
+  warmup = warmup_examples(cfg, max(batches)) if batches else None
+  path = export_saved_model(model, spec, args.output, args.version, warmup, batches)
   print(json.dumps({"export": path, "checkpoint": ckpt, "fused": args.fused,
-                    "signatures": ["serving_default", "predict_raw"]}))
+                    "signatures": ["serving_default", "predict_raw"],
+                    "warmup_requests": len(batches)}))
   return 0

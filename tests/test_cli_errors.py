@@ -107,3 +107,10 @@ def test_unwritable_output_is_named_before_any_work(capsys, make_config, tmp_pat
   assert cli.main(args) == 2
   err = capsys.readouterr().err
   assert f"--output {blocker}" in err and "cannot create its folder" in err
+
+
+@pytest.mark.parametrize("value", ["0", "1,x", "-4"])
+def test_bad_warmup_batches_named(capsys, make_config, value):
+  assert cli.main(["export", "--config", str(make_config()), "--output", "x",
+                   "--warmup_batches", value]) == 2
+  assert f"--warmup_batches {value!r}" in capsys.readouterr().err

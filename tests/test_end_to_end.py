@@ -52,6 +52,10 @@ def test_train_evaluate_export_reload(tmp_path, make_config, capsys, model, back
   assert cli.main(["export", "--config", str(cfg_path), "--output", str(tmp_path / "export")]) == 0
   export_dir = tmp_path / "export" / "1"
   assert (export_dir / "saved_model.pb").exists()
+  assert (export_dir / "assets.extra" / "tf_serving_warmup_requests").is_file()
+  assert cli.main(["export", "--config", str(cfg_path), "--output", str(tmp_path / "export"),
+                   "--warmup_batches", ""]) == 0
+  assert not (tmp_path / "export" / "2" / "assets.extra").exists()
   shard = sorted(glob.glob(cfg.data.test))[0]
   _, keras_model = task.build(cfg)
   task.restore(keras_model, cfg.train.model_dir)

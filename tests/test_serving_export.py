@@ -12,12 +12,14 @@ import pytest
 import tensorflow as tf
 import yaml
 from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (predict_pb2, prediction_log_pb2,
+                                     prediction_service_pb2_grpc)
 
 from ssr_tf import cli
 from ssr_tf.config import load_config
 from ssr_tf.serving import client as client_lib
 from ssr_tf.serving.process import ServerProcess
+from ssr_tf.serving.servable import WARMUP_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +51,12 @@ def test_real_export_served_end_to_end(tmp_path, make_config, capsys):
   cfg = load_config(str(cfg_path))
   shard = sorted(glob.glob(cfg.data.test))[0]
   records = [r.numpy() for r in tf.data.TFRecordDataset(shard).take(128)]
+  # TF Serving's warm-up file: one serving_default request per batch size, real records
+  warm = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in
+          tf.data.TFRecordDataset(os.path.join(export_dir, WARMUP_FILE))]
+  assert [len(w.predict_log.request.inputs["examples"].string_val) for w in warm] == [1, 32, 128]
+  assert {w.predict_log.request.model_spec.signature_name for w in warm} == {"serving_default"}
+  assert list(warm[2].predict_log.request.inputs["examples"].string_val) == records
   want = tf.saved_model.load(export_dir).signatures["serving_default"](
       examples=tf.constant(records))
   with ServerProcess(base, ["--file_system_poll_wait_seconds=0"]) as srv:
@@ -58,6 +66,7 @@ def test_real_export_served_end_to_end(tmp_path, make_config, capsys):
     req.inputs["examples"].CopyFrom(tf.make_tensor_proto(records, dtype=tf.string))
     resp = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(req, timeout=60)
     channel.close()
+    assert "replayed 3 records from assets.extra/tf_serving_warmup_requests" in srv.log()
     for k in ("click_prob", "pay_prob"):
       np.testing.assert_allclose(tf.make_ndarray(resp.outputs[k]), want[k].numpy(),
                                  rtol=1e-5, atol=1e-6)
