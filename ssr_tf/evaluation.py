@@ -51,6 +51,15 @@ def _quality(y: np.ndarray, p: np.ndarray, groups: Optional[np.ndarray]) -> dict
   return r
 
 
+def _with_oracle(y: np.ndarray, p: np.ndarray, oracle: Optional[np.ndarray],
+                 groups: Optional[np.ndarray]) -> dict:
+  """_quality of p, plus oracle_* entries for the true probabilities when all are known."""
+  r = _quality(y, p, groups)
+  if oracle is not None and (oracle >= 0).all():
+    r.update({f"oracle_{k}": v for k, v in _quality(y, oracle, groups).items()})
+  return r
+
+
 def score(arrays: dict, has_group: bool) -> dict:
   """{task: {auc, gauc, logloss, ne, calibration, rows, positives, oracle_auc, ...}} from
   predict_split's arrays; the oracle_* entries score the true probabilities, when known."""
@@ -60,11 +69,8 @@ def score(arrays: dict, has_group: bool) -> dict:
     if f"label_{t}" not in arrays:
       continue
     y = arrays[f"label_{t}"]
-    r = {**_quality(y, arrays[f"{t}_prob"], groups), "positives": int(y.sum()),
-         "rows": int(y.size)}
-    if f"oracle_{t}" in arrays and (arrays[f"oracle_{t}"] >= 0).all():
-      r.update({f"oracle_{k}": v for k, v in _quality(y, arrays[f"oracle_{t}"], groups).items()})
-    result[t] = r
+    result[t] = {**_with_oracle(y, arrays[f"{t}_prob"], arrays.get(f"oracle_{t}"), groups),
+                 "positives": int(y.sum()), "rows": int(y.size)}
   return result
 
 
@@ -108,10 +114,9 @@ def score_slices(arrays: dict, max_slices: int) -> list[dict]:
     for t in TASKS:
       if f"label_{t}" in arrays:
         y, p = arrays[f"label_{t}"][rows], arrays[f"{t}_prob"][rows]
-        entry[t] = {**_quality(y, p, None), "positives": int(y.sum())}
         oracle = arrays.get(f"oracle_{t}")
-        if oracle is not None and (oracle >= 0).all():
-          entry[t].update({f"oracle_{k}": v for k, v in _quality(y, oracle[rows], None).items()})
+        entry[t] = {**_with_oracle(y, p, None if oracle is None else oracle[rows], None),
+                    "positives": int(y.sum())}
     out.append(entry)
   return out
 
