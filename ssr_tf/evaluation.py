@@ -102,14 +102,8 @@ def score_slices(arrays: dict, max_slices: int) -> list[dict]:
   """Per value of arrays["slice"] (the `max_slices` most frequent; the rest pooled as
   "(other)"): rows and, per task, AUC, LogLoss, NE, calibration and positives (and the
   oracle's, when the data carry it)."""
-  values, inverse, counts = np.unique(arrays["slice"], return_inverse=True, return_counts=True)
-  order = np.argsort(-counts, kind="stable")
-  groups = [([i], _display(values[i])) for i in order[:max_slices]]
-  if len(order) > max_slices:
-    groups.append((list(order[max_slices:]), "(other)"))
   out = []
-  for members, label in groups:
-    rows = np.isin(inverse, members)
+  for label, rows in slice_rows(arrays["slice"], max_slices):
     entry = {"value": label, "rows": int(rows.sum())}
     for t in TASKS:
       if f"label_{t}" in arrays:
@@ -118,6 +112,17 @@ def score_slices(arrays: dict, max_slices: int) -> list[dict]:
         entry[t] = {**_with_oracle(y, p, None if oracle is None else oracle[rows], None),
                     "positives": int(y.sum())}
     out.append(entry)
+  return out
+
+
+def slice_rows(values: np.ndarray, max_slices: int) -> list[tuple[str, np.ndarray]]:
+  """(label, row mask) per value, the `max_slices` most frequent first (ties in value
+  order), then the remaining values pooled as "(other)"."""
+  unique, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+  order = np.argsort(-counts, kind="stable")
+  out = [(_display(unique[i]), inverse == i) for i in order[:max_slices]]
+  if len(order) > max_slices:
+    out.append(("(other)", np.isin(inverse, order[max_slices:])))
   return out
 
 

@@ -70,3 +70,30 @@ def test_compare_untrained_model_is_named(two_models, tmp_path, capsys):
                    str(two_models["dnn"]), "--set_against", f"train.model_dir={tmp_path / 'none'}"])
   err = capsys.readouterr().err
   assert code == 2 and "no checkpoint under" in err and str(tmp_path / "none") in err
+
+
+def test_compare_slices_test_each_value_on_its_own_rows(two_models, tmp_path, capsys):
+  out = tmp_path / "cmp.json"
+  assert cli.main(["compare", "--config", str(two_models["ssr"]), "--against",
+                   str(two_models["dnn"]), "--slice_by", "scene", "--output", str(out)]) == 0
+  printed = capsys.readouterr().out.splitlines()
+  assert any(line.startswith("scene / task") for line in printed)
+  result = json.loads(out.read_text())
+  cfg = load_config(str(two_models["ssr"]))
+  spec, model_a = task.build(cfg)
+  task.restore(model_a, cfg.train.model_dir)
+  cfg_b = load_config(str(two_models["dnn"]))
+  _, model_b = task.build(cfg_b)
+  task.restore(model_b, cfg_b.train.model_dir)
+  arrays = predict_split(model_a, spec, cfg, others={"b": model_b}, slice_by="scene")
+  values = result["slices"]["values"]
+  assert sum(v["tasks"]["click"]["rows"] for v in values) == arrays["slice"].size
+  for v in values:
+    rows = arrays["slice"] == int(v["value"])
+    want = metrics.delong_test(arrays["label_click"][rows], arrays["click_prob"][rows],
+                               arrays["b:click_prob"][rows])
+    assert v["tasks"]["click"]["diff"] == pytest.approx(want["diff"], abs=1e-6)
+    assert v["tasks"]["click"]["p_value"] == pytest.approx(want["p_value"], abs=1e-6)
+  assert cli.main(["compare", "--config", str(two_models["ssr"]), "--against",
+                   str(two_models["dnn"]), "--slice_by", "nope"]) == 2
+  assert "--slice_by nope: not a feature" in capsys.readouterr().err
