@@ -275,8 +275,10 @@ def main(argv: list[str], prog: str = "ssr_tf score") -> int:
   if args.batch_size < 1:
     p.error("--batch_size must be >= 1")
   paths = input_files(args.input)      # a missing input fails before the model loads
+  if args.output != "-":
+    output_file(args.output)
   source = args.server or args.saved_model
-  out = sys.stdout if args.output == "-" else open(output_file(args.output), "w")
+  out = sys.stdout
 
   def write(click: float, pay: float) -> None:
     if args.json:
@@ -287,6 +289,8 @@ def main(argv: list[str], prog: str = "ssr_tf score") -> int:
   n = 0
   try:
     with _open_scorer(args) as scorer:
+      if args.output != "-":           # opened (and an old file replaced) once the model is up
+        out = open(args.output, "w")
       if not args.json:
         out.write("click_prob\tpay_prob\n")
       for path in paths:

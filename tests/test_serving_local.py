@@ -100,8 +100,12 @@ def test_score_cli_local_errors_name_the_path_or_record(base, tmp_path):
   broken = tmp_path / "broken" / "3"
   broken.mkdir(parents=True)
   (broken / "saved_model.pb").write_bytes(b"not a protobuf")
+  previous = tmp_path / "scores.tsv"
+  previous.write_text("yesterday's scores\n")
   with pytest.raises(UserError, match="cannot load it as a SavedModel"):
-    client_lib.main(["--saved_model", str(broken.parent), "--input", str(good)])
+    client_lib.main(["--saved_model", str(broken.parent), "--input", str(good),
+                     "--output", str(previous)])
+  assert previous.read_text() == "yesterday's scores\n"     # not truncated by a failed run
   with pytest.raises(DataError, match="not found"):
     client_lib.main(["--saved_model", str(base), "--input", str(tmp_path / "none.csv")])
   # an unparsable record: the batch's record range and the input are named, nothing printed
