@@ -73,9 +73,9 @@ def warmup_examples(cfg: ExperimentConfig, count: int) -> list[bytes]:
                   "all empty (or pass --warmup_batches '')")
 
 
-def write_warmup(version_dir: pathlib.Path, examples: list[bytes], batches) -> int:
+def write_warmup(version_dir: pathlib.Path, examples: list[bytes], batches) -> None:
   """One serving_default PredictRequest per batch size (examples repeated when fewer),
-  as TF Serving's warm-up file; returns how many records."""
+  as TF Serving's warm-up file."""
   target = version_dir / WARMUP_FILE
   target.parent.mkdir(parents=True, exist_ok=True)
   with tf.io.TFRecordWriter(str(target)) as w:
@@ -86,7 +86,6 @@ def write_warmup(version_dir: pathlib.Path, examples: list[bytes], batches) -> i
       req.inputs["examples"].CopyFrom(tf.make_tensor_proto(rows, dtype=tf.string))
       log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req))
       w.write(log.SerializeToString())
-  return len(batches)
 
 
 def export_saved_model(model, spec, output_dir: str, version: Optional[int] = None,

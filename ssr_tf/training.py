@@ -43,7 +43,7 @@ from ssr_tf import warm_start
 from ssr_tf.callbacks import ICSSparsityLogger, StepTensorBoard, ssr_layers
 from ssr_tf.config import ExperimentConfig, to_dict
 from ssr_tf.errors import DataError, UserError
-from ssr_tf.models.ranker import backbone_flops, backbone_params
+from ssr_tf.models.ranker import backbone_flops, backbone_params, build_model
 
 BACKUP_SUBDIR = "backup"
 
@@ -375,9 +375,11 @@ def _best_checkpoint_writer(model: tf.keras.Model, model_dir: pathlib.Path, stra
   return manager, save, had_checkpoint
 
 
-def _warm_start_checkpoint(cfg: ExperimentConfig, model_dir: pathlib.Path) -> Optional[str]:
+def _warm_start_checkpoint(cfg: ExperimentConfig, model_dir: pathlib.Path,
+                           feature_rows: dict[str, str]) -> Optional[str]:
   """train.warm_start_from as a checkpoint prefix (None when unset). It must lie outside
-  model_dir: --overwrite clears model_dir, and a run never starts from its own output."""
+  model_dir (--overwrite clears model_dir, and a run never starts from its own output), and
+  its run's embedding rows must mean what `feature_rows` (this run's digests) say."""
   if not cfg.train.warm_start_from:
     return None
   key = "train.warm_start_from"
@@ -385,7 +387,7 @@ def _warm_start_checkpoint(cfg: ExperimentConfig, model_dir: pathlib.Path) -> Op
   if pathlib.Path(path).resolve().is_relative_to(model_dir.resolve()):
     raise UserError(f"config key '{key}': {path} lies inside this run's train.model_dir "
                     f"({model_dir}); train the new run into another model_dir")
-  warm_start.check_feature_rows(task.build_spec(cfg), path, key)
+  warm_start.check_feature_rows(feature_rows, path, key)
   return path
 
 
@@ -442,7 +444,9 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   chief = distribute.is_chief(strategy)
   model_dir = pathlib.Path(cfg.train.model_dir)
   state_file = model_dir / "train_state.json"
-  warm = _warm_start_checkpoint(cfg, model_dir)    # checked before --overwrite clears anything
+  spec = task.build_spec(cfg)
+  feature_rows = warm_start.feature_rows(spec)      # reads the vocabularies once
+  warm = _warm_start_checkpoint(cfg, model_dir, feature_rows)   # before --overwrite clears
   if overwrite:
     _clear_run(model_dir)
   elif state_file.exists():
@@ -467,7 +471,7 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   lr = schedules.with_decay(lr, cfg.train.lr_decay, cfg.train.epochs * steps_per_epoch,
                             cfg.train.lr_decay_final)
   with strategy.scope(), distribute.variable_names():
-    spec, model = task.build(cfg)
+    model = build_model(spec, cfg.model)
     optimizer = make_optimizer(cfg, lr, distributed=dist.strategy != "default")
     model.compile(optimizer=optimizer, steps_per_execution=dist.steps_per_execution)
   info = describe(model, cfg)
@@ -479,8 +483,7 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   initial_epoch, initial_step = resume_point(backup_dir, steps_per_epoch)
   start_step = initial_epoch * steps_per_epoch + initial_step
   if chief:
-    atomic_write_text(model_dir / warm_start.FEATURE_ROWS_FILE,
-                      json.dumps(warm_start.feature_rows(spec)))
+    atomic_write_text(model_dir / warm_start.FEATURE_ROWS_FILE, json.dumps(feature_rows))
   if warm and start_step == 0:    # (a resumed run takes its newer weights from its backup)
     with strategy.scope():
       loaded = warm_start.load_weights(model, warm, "train.warm_start_from")
@@ -489,7 +492,7 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
                                count_cache)
   validation = None
   if is_ps and valid_in is not None:
-    _, eval_model = task.build(cfg)
+    eval_model = build_model(spec, cfg.model)
     eval_model.compile(optimizer=tf.keras.optimizers.Adam())
     validation = CoordinatorValidation(eval_model, valid_in, str(model_dir / ".eval_tmp"),
                                        distribute.coordinator(strategy))

@@ -60,18 +60,18 @@ def feature_rows(spec: FeatureSpec) -> dict[str, str]:
   return {f.name: f.rows_digest() for f in spec.features}
 
 
-def check_feature_rows(spec: FeatureSpec, path: str, key: str) -> None:
+def check_feature_rows(rows: dict[str, str], path: str, key: str) -> None:
   """Refuses, naming `key` and the features, a warm start whose embedding rows would change
-  meaning: a feature whose vocabulary (values or order), buckets or boundaries differ
-  from those of the run that wrote checkpoint `path`. Checked when that run's model_dir
-  (the parent of its ckpt/) holds feature_rows.json."""
+  meaning: a feature whose digest in `rows` (this run's feature_rows) differs from the one
+  recorded by the run that wrote checkpoint `path` (vocabulary values or order, buckets or
+  boundaries). Checked when that run's model_dir (the parent of its ckpt/) holds
+  feature_rows.json."""
   ckpt_dir = pathlib.Path(path).parent
   recorded = ckpt_dir.parent / FEATURE_ROWS_FILE if ckpt_dir.name == CKPT_SUBDIR else None
   if recorded is None or not recorded.is_file():
     return
   before = json.loads(recorded.read_text())
-  changed = sorted(n for n, digest in feature_rows(spec).items()
-                   if n in before and before[n] != digest)
+  changed = sorted(n for n, digest in rows.items() if n in before and before[n] != digest)
   if changed:
     raise UserError(f"config key '{key}': the embedding rows of feature(s) {changed} stand "
                     f"for other values than in the run that wrote {path} (vocabulary, "
