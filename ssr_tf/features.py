@@ -9,13 +9,15 @@ A spec is YAML::
     - {name: price, type: numeric, transform: log_bucketize, boundaries: [0.5, 1.0, 2.0]}
     - {name: score, type: numeric, transform: dense, mean: 0.3, std: 0.1}
     - {name: history, type: multi_categorical, num_buckets: 5000, max_len: 20, combiner: mean}
+    - {name: ad_id, type: categorical, dtype: string, dynamic: {capacity: 1000000, admit_after: 2}}
   labels: {click: click, pay: pay}
   group_id: user_id            # GAUC groups; optional
   oracle: {click: oracle_click, pay: oracle_pay}   # optional true probabilities (synthetic data)
 
 Embedding row 0 is shared by OOV, missing and padding values of a feature. A
 ``vocab_file`` has one value per line, optionally ``value<TAB>count``; with counts,
-values seen ``<= min_count`` times map to OOV.
+values seen ``<= min_count`` times map to OOV. A ``dynamic`` feature needs no vocabulary:
+raw ids get rows of a fixed-capacity table as training sees them (ssr_tf/layers/dynamic_ids.py).
 """
 from __future__ import annotations
 
@@ -31,6 +33,23 @@ from ssr_tf.config import TASKS, from_dict
 from ssr_tf.errors import ConfigError
 
 FEATURE_TYPES = ("categorical", "numeric", "multi_categorical")
+
+
+@dataclasses.dataclass
+class DynamicIds:
+  """Rows for raw ids assigned during training (admission by count, LRU eviction).
+
+  Attributes:
+    capacity: rows for admitted ids; when all are taken, the least recently seen ids give
+      theirs up (the row and its optimizer slots are reset).
+    admit_after: an id gets its own row once training batches have shown it this many
+      times (counted in the graph by a count-min sketch); until then, and at evaluation
+      and serving for ids never admitted, it uses one of the fallback rows.
+    fallback_rows: rows shared by ids without their own row, chosen by hash(id).
+  """
+  capacity: int = 0
+  admit_after: int = 1
+  fallback_rows: int = 1
 
 
 @dataclasses.dataclass
@@ -52,6 +71,7 @@ class Feature:
     max_len: multi_categorical: values kept per record (padding/truncation).
     combiner: multi_categorical pooling: mean or sum over present values.
     embedding_dim: overrides model.embedding_dim for this feature.
+    dynamic: raw ids (int64 or string) get rows as training sees them; see DynamicIds.
   """
   name: str = ""
   type: str = "categorical"
@@ -67,6 +87,7 @@ class Feature:
   max_len: int = 1
   combiner: str = "mean"
   embedding_dim: Optional[int] = None
+  dynamic: Optional[DynamicIds] = None
 
   @property
   def is_categorical(self) -> bool:
@@ -91,6 +112,8 @@ class Feature:
     if self.type == "numeric":
       rows = (["dense", self.mean, self.std] if self.transform == "dense"
               else ["buckets", *self.boundaries])
+    elif self.dynamic is not None:
+      rows = ["dynamic", self.dynamic.capacity, self.dynamic.fallback_rows]
     elif self.num_buckets is not None:
       rows = ["ids", self.num_buckets]
     elif self.hash_buckets is not None:
@@ -104,11 +127,26 @@ class Feature:
     """Rows of the embedding table (row 0 = OOV/missing); 0 for dense numerics."""
     if self.type == "numeric":
       return 0 if self.transform == "dense" else len(self.boundaries) + 2
+    if self.dynamic is not None:
+      return 1 + self.dynamic.fallback_rows + self.dynamic.capacity
     if self.num_buckets is not None:
       return self.num_buckets + 1
     if self.hash_buckets is not None:
       return self.hash_buckets + 1
     return len(self.vocabulary()) + 1
+
+
+def _check_dynamic(f: Feature, path: str) -> None:
+  d = f.dynamic
+  if f.type != "categorical":
+    raise ConfigError(f"{path}.dynamic: only single-valued categorical features take dynamic "
+                      f"ids, not {f.type} (use hash_buckets for multi-valued fields)")
+  if d.capacity <= 0:
+    raise ConfigError(f"{path}.dynamic.capacity: must be > 0, got {d.capacity}")
+  if d.admit_after < 1:
+    raise ConfigError(f"{path}.dynamic.admit_after: must be >= 1, got {d.admit_after}")
+  if d.fallback_rows < 1:
+    raise ConfigError(f"{path}.dynamic.fallback_rows: must be >= 1, got {d.fallback_rows}")
 
 
 def check_labels(where: str, labels: dict) -> None:
@@ -145,10 +183,13 @@ class FeatureSpec:
       if f.is_categorical:
         if f.dtype not in ("int64", "string"):
           raise ConfigError(f"{path}.dtype: must be int64 or string, got {f.dtype!r}")
-        sources = [k for k in ("num_buckets", "vocab_file", "hash_buckets")
+        sources = [k for k in ("num_buckets", "vocab_file", "hash_buckets", "dynamic")
                    if getattr(f, k) is not None]
         if len(sources) != 1:
-          raise ConfigError(f"{path}: give exactly one of num_buckets, vocab_file, hash_buckets")
+          raise ConfigError(f"{path}: give exactly one of num_buckets, vocab_file, "
+                            "hash_buckets, dynamic")
+        if f.dynamic is not None:
+          _check_dynamic(f, path)
         if f.num_buckets is not None and f.dtype != "int64":
           raise ConfigError(f"{path}.num_buckets: needs dtype int64 (use vocab_file or "
                             "hash_buckets for strings)")
@@ -167,6 +208,9 @@ class FeatureSpec:
           if f.combiner not in ("mean", "sum"):
             raise ConfigError(f"{path}.combiner: must be mean or sum")
       else:
+        if f.dynamic is not None:
+          raise ConfigError(f"{path}.dynamic: only categorical features take dynamic ids, "
+                            "not numeric ones")
         f.dtype = "float32"
         if f.transform not in ("log_bucketize", "dense"):
           raise ConfigError(f"{path}.transform: must be log_bucketize or dense")
