@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 GROUPS: dict[str, dict[str, tuple[str, str]]] = {
     "data": {
         "synth": ("ssr_tf.synth:main", "synthetic TFRecords with oracle probabilities"),
+        "synth_criteo": ("ssr_tf.synth_criteo:main",
+                         "Criteo-format TSV at any scale, Zipf ids"),
         "convert": ("ssr_tf.pipelines.convert:main", "Criteo/Avazu/Taobao/CSV -> TFRecord + spec"),
     },
     "bench": {
