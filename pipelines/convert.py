@@ -5,6 +5,12 @@ Example (Criteo's train.txt as released)::
   ssr_tf data convert --format criteo --input train.txt --output data/criteo
   ssr_tf train --config data/criteo/config.yaml
 
+At industrial scale, without vocabularies (raw ids get embedding rows as training sees
+them; memory of the conversion does not grow with the number of distinct ids)::
+
+  ssr_tf data convert --format criteo --input train.txt.gz --output data/criteo \
+    --ids dynamic --capacity 1000000 --admit_after 2
+
 See docs/data.md for every flag, the preprocessing rules and the Beam runner.
 """
 from __future__ import annotations
@@ -18,11 +24,12 @@ import time
 import yaml
 
 from ssr_tf.errors import ConfigError
-from ssr_tf.features import load_spec
+from ssr_tf.features import DynamicIds, load_spec
 from ssr_tf.pipelines import schema as schema_lib
 from ssr_tf.pipelines import outputs, sources, transforms
 
 RUNNERS = ("local", "DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")
+IDS = ("vocab", "dynamic")
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -54,6 +61,16 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
   p.add_argument("--test_from", default=None, help="--split time: first time value of test")
   p.add_argument("--min_count", type=int, default=5,
                  help="values seen <= min_count times in train map to OOV (5)")
+  p.add_argument("--ids", default="vocab",
+                 help="vocab (default): categoricals get counted vocabularies (min_count) | "
+                 "dynamic: every single-valued categorical is declared `dynamic: {capacity, "
+                 "admit_after}` in the spec, no vocabularies are counted or written "
+                 "(multi-valued fields get hash_buckets = --capacity)")
+  p.add_argument("--capacity", type=int, default=None, metavar="N",
+                 help="--ids dynamic: embedding rows per feature for admitted ids (required)")
+  p.add_argument("--admit_after", type=int, default=None, metavar="K",
+                 help="--ids dynamic: an id gets its own row after training saw it K "
+                 "times (1)")
   p.add_argument("--num_buckets", type=int, default=64,
                  help="quantile buckets per numeric feature, at most (64)")
   p.add_argument("--max_len", type=int, default=50,
@@ -119,6 +136,29 @@ def _check(args: argparse.Namespace) -> None:
     raise ConfigError("--valid_from/--test_from need --split time")
   if args.chunk_mb <= 0:
     raise ConfigError("--chunk_mb: must be > 0")
+  _check_ids(args)
+
+
+def _check_ids(args: argparse.Namespace) -> None:
+  if args.ids not in IDS:
+    raise ConfigError(f"--ids: {args.ids!r} is not one of {', '.join(IDS)}")
+  if args.ids != "dynamic":
+    for name in ("capacity", "admit_after"):
+      if getattr(args, name) is not None:
+        raise ConfigError(f"--{name}: only applies with --ids dynamic")
+    return
+  if args.capacity is None:
+    raise ConfigError("--capacity: --ids dynamic needs --capacity N (rows per feature)")
+  if args.capacity <= 0:
+    raise ConfigError(f"--capacity: must be > 0, got {args.capacity}")
+  if args.admit_after is not None and args.admit_after < 1:
+    raise ConfigError(f"--admit_after: must be >= 1, got {args.admit_after}")
+  if args.spec:
+    raise ConfigError("--spec: cannot be combined with --ids dynamic (an earlier spec "
+                      "keeps its own ids; drop one of the two)")
+  if args.runner != "local":
+    raise ConfigError(f"--runner {args.runner}: --ids dynamic is supported by --runner "
+                      "local only")
 
 
 def plan_from_args(args: argparse.Namespace) -> sources.Plan:
@@ -157,6 +197,8 @@ def plan_from_args(args: argparse.Namespace) -> sources.Plan:
       gzip_level=args.gzip_level, skip_bad_rows=args.skip_bad_rows,
       batch_size=args.batch_size, epochs=args.epochs)
   plan = sources.make_plan(args.format, mapping, args.input, presplit, rule, options)
+  if args.ids == "dynamic":
+    plan.dynamic = DynamicIds(capacity=args.capacity, admit_after=args.admit_after or 1)
   if args.spec:
     plan.base_spec = load_spec(args.spec)
     plan.base_spec_path = args.spec

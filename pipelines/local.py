@@ -5,7 +5,8 @@ time`` has to find its thresholds). Records do not depend on vocabularies (they 
 values), so each row is written to its split's current shard as soon as it is parsed,
 while exact counts are kept in memory: value counts per feature and split (vocabularies
 and OOV rates) and numeric histograms on a fixed log grid. Memory is therefore bounded by
-the vocabularies, not by the number of rows.
+the vocabularies, not by the number of rows; with ``--ids dynamic`` nothing is counted per
+value, and memory is bounded by the numeric histograms.
 """
 from __future__ import annotations
 
@@ -131,7 +132,7 @@ def _convert(plan: sources.Plan, out_dir: str, final_dir: str, progress: bool,
   o = plan.options
   writers = [ShardWriter(out_dir, s, o.shard_size, o.compression, o.gzip_level)
              for s in SPLITS]
-  acc = transforms.Accumulator(plan.schema)
+  acc = transforms.Accumulator(plan.schema, plan.uncounted())
   encoder = transforms.ExampleEncoder(plan.schema.fields)
   bad: list[str] = []
   bar = Progress(sum(f.size for f in plan.files), every, progress)

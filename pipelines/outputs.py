@@ -7,6 +7,10 @@ Layout of the output folder::
   DIR/spec.yaml                           ssr_tf.features.load_spec
   DIR/stats.json                          rows, positives, vocab sizes, OOV rates
   DIR/config.yaml                         ssr_tf train --config DIR/config.yaml
+
+With ``--ids dynamic`` there is no vocab/: categoricals are declared ``dynamic: {capacity,
+admit_after}`` (multi-valued ones ``hash_buckets: capacity``) and stats.json reports their
+missing rates, not vocabulary sizes or OOV rates.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from typing import Any, Iterable, Optional
 import yaml
 
 from ssr_tf.errors import ConfigError
-from ssr_tf.features import Feature, FeatureSpec
+from ssr_tf.features import DynamicIds, Feature, FeatureSpec
 from ssr_tf.pipelines import transforms
 from ssr_tf.pipelines.schema import OutField
 from ssr_tf.pipelines.sources import Plan
@@ -76,6 +80,8 @@ class FeatureSummary:
     max_len: multi_categorical: values per row in the spec (the longest training
       sequence, capped by the field's max_len).
     min_count: the feature's min_count.
+    dynamic: categorical without vocabulary: its dynamic ids (--ids dynamic, or --spec).
+    hash_buckets: multi_categorical without vocabulary (--ids dynamic): its hash buckets.
   """
   vocab_size: int = 0
   distinct: int = 0
@@ -83,6 +89,8 @@ class FeatureSummary:
   boundaries: list[float] = dataclasses.field(default_factory=list)
   max_len: int = 1
   min_count: int = 0
+  dynamic: Optional[DynamicIds] = None
+  hash_buckets: Optional[int] = None
 
 
 def min_count_of(f: OutField, plan: Plan) -> int:
@@ -98,10 +106,16 @@ def summarize_local(plan: Plan, acc: transforms.Accumulator, out_dir: str
   """Vocabulary files, boundaries and OOV counts from an in-memory Accumulator."""
   acc.flush()
   out = {}
+  dyn = plan.dynamic
   for i, f in enumerate(plan.schema.fields):
     if f.kind == "numeric":
       out[f.name] = FeatureSummary(
           boundaries=transforms.boundaries_from_hist(acc.cells(i), num_buckets_of(f, plan)))
+    elif dyn is not None and f.kind == "categorical":
+      out[f.name] = FeatureSummary(dynamic=dataclasses.replace(dyn))
+    elif dyn is not None and f.kind == "multi_categorical":
+      out[f.name] = FeatureSummary(hash_buckets=dyn.capacity,
+                                   max_len=max(1, min(f.max_len, acc.max_len.get(i, 0))))
     elif f.kind in ("categorical", "multi_categorical"):
       mc = min_count_of(f, plan)
       entries = [(v, n) for v, n in transforms.sorted_vocab(acc.counts[0][i]) if writable(v)]
@@ -139,6 +153,9 @@ def summarize_with_spec(plan: Plan, acc: transforms.Accumulator, out_dir: str
     if feat.type == "numeric":
       out[feat.name] = FeatureSummary(boundaries=list(feat.boundaries))
       continue
+    if feat.dynamic is not None:        # not counted (Plan.uncounted)
+      out[feat.name] = FeatureSummary(dynamic=dataclasses.replace(feat.dynamic))
+      continue
     if feat.vocab_file:
       with open(feat.vocab_file) as fh:
         text = fh.read()
@@ -170,9 +187,16 @@ def build_spec(plan: Plan, summaries: dict[str, FeatureSummary]) -> FeatureSpec:
     if f.kind == "numeric":
       feats.append(Feature(name=f.name, type="numeric", dtype="float32",
                            transform="log_bucketize", boundaries=list(s.boundaries)))
+    elif f.kind == "categorical" and s.dynamic is not None:
+      feats.append(Feature(name=f.name, type="categorical", dtype=f.dtype,
+                           dynamic=s.dynamic))
     elif f.kind == "categorical":
       feats.append(Feature(name=f.name, type="categorical", dtype=f.dtype,
                            vocab_file=f"vocab/{f.name}.txt", min_count=s.min_count))
+    elif s.hash_buckets is not None:
+      feats.append(Feature(name=f.name, type="multi_categorical", dtype=f.dtype,
+                           hash_buckets=s.hash_buckets, max_len=s.max_len,
+                           combiner=f.combiner))
     else:
       feats.append(Feature(name=f.name, type="multi_categorical", dtype=f.dtype,
                            vocab_file=f"vocab/{f.name}.txt", min_count=s.min_count,
@@ -196,7 +220,8 @@ def build_stats(plan: Plan, acc: transforms.Accumulator, summaries: dict[str, Fe
       "inputs": [{"path": f.path, "split": "rule" if f.source < 0 else SPLITS[f.source]}
                  for f in plan.files],
       "split": plan.split.describe(),
-      "vocabularies_from": plan.base_spec_path or "training split",
+      "vocabularies_from": ("none (--ids dynamic)" if plan.dynamic is not None
+                            else plan.base_spec_path or "training split"),
       "options": dataclasses.asdict(o),
       "rows": rows,
       "rows_total": sum(acc.rows),
@@ -206,6 +231,8 @@ def build_stats(plan: Plan, acc: transforms.Accumulator, summaries: dict[str, Fe
       "bad_rows": bad_examples[:20],
       "features": {},
   }
+  if plan.dynamic is not None:
+    stats["ids"] = {"kind": "dynamic", **dataclasses.asdict(plan.dynamic)}
   for i, f in enumerate(plan.schema.fields):
     if f.name not in summaries:       # not a feature, or not in the --spec
       continue
@@ -214,6 +241,13 @@ def build_stats(plan: Plan, acc: transforms.Accumulator, summaries: dict[str, Fe
     miss = {sp: _rate(acc.missing[k][i], acc.rows[k]) for k, sp in enumerate(SPLITS)}
     if f.kind == "numeric":
       d.update(buckets=len(s.boundaries) + 1, missing_rate=miss)
+    elif s.dynamic is not None:         # no vocabulary: nothing was counted per value
+      d.update(ids="dynamic", capacity=s.dynamic.capacity,
+               admit_after=s.dynamic.admit_after, missing_rate=miss)
+    elif s.hash_buckets is not None:
+      d.update(hash_buckets=s.hash_buckets, max_len=s.max_len, missing_rate=miss,
+               mean_len={sp: _rate(acc.values[k][i], acc.rows[k]) for k, sp in
+                         enumerate(SPLITS)})
     elif f.kind == "categorical":
       d.update(vocab_size=s.vocab_size, distinct_train=s.distinct,
                min_count=s.min_count, missing_rate=miss,
@@ -251,9 +285,10 @@ def write_metadata(plan: Plan, out_dir: str, acc: transforms.Accumulator,
   """Writes spec.yaml, stats.json and config.yaml into out_dir (config paths point at
   final_dir, where the outputs end up); returns the stats."""
   spec = build_spec(plan, summaries)
+  note = ("; vocab_file paths are relative to this file"
+          if any(f.vocab_file for f in spec.features) else "")
   write_text(os.path.join(out_dir, "spec.yaml"),
-             "# written by `ssr_tf data convert`; vocab_file paths are relative to this file\n"
-             + spec.to_yaml())
+             f"# written by `ssr_tf data convert`{note}\n" + spec.to_yaml())
   stats = build_stats(plan, acc, summaries, bad_examples)
   write_text(os.path.join(out_dir, "stats.json"), json.dumps(stats, indent=2) + "\n")
   write_text(os.path.join(out_dir, "config.yaml"),

@@ -14,7 +14,7 @@ import os
 from typing import Any, Callable, Iterator, Optional
 
 from ssr_tf.errors import ConfigError, DataError
-from ssr_tf.features import FeatureSpec
+from ssr_tf.features import DynamicIds, FeatureSpec
 from ssr_tf.pipelines import schema as schema_lib
 from ssr_tf.pipelines import transforms
 
@@ -75,7 +75,12 @@ class Options:
 
 @dataclasses.dataclass
 class Plan:
-  """Everything a runner needs: format, files, schema, split rule and options."""
+  """Everything a runner needs: format, files, schema, split rule and options.
+
+  `dynamic` (--ids dynamic): every single-valued categorical becomes a dynamic-ids
+  feature and every multi-valued one gets hash_buckets = capacity; their values are not
+  counted.
+  """
   fmt: str
   mapping: schema_lib.Mapping
   files: list[InputFile]
@@ -84,6 +89,19 @@ class Plan:
   options: Options
   base_spec: Optional[FeatureSpec] = None    # --spec: vocabularies and boundaries to reuse
   base_spec_path: str = ""
+  dynamic: Optional[DynamicIds] = None       # --ids dynamic
+
+  def uncounted(self) -> frozenset:
+    """Schema indices of the categorical fields whose values are not counted (no
+    vocabulary): all of them with --ids dynamic, the dynamic features of a --spec."""
+    fields = self.schema.fields
+    if self.dynamic is not None:
+      return frozenset(i for i, f in enumerate(fields)
+                       if f.kind in ("categorical", "multi_categorical"))
+    if self.base_spec is not None:
+      names = {f.name for f in self.base_spec.features if f.dynamic is not None}
+      return frozenset(i for i, f in enumerate(fields) if f.name in names)
+    return frozenset()
 
   def parser(self, file_index: int) -> schema_lib.RowParser:
     f = self.files[file_index]

@@ -9,6 +9,8 @@
 * Categoricals: values are counted on the training split; a vocabulary file lists
   ``value<TAB>count`` by decreasing count (ties: increasing value) and the model maps
   values seen ``<= min_count`` times (and unseen or missing values) to the OOV row 0.
+  Fields without a vocabulary (``--ids dynamic``) are not counted: only their missing
+  values are.
 * Records: tf.Example protos encoded directly (byte-identical whatever the runner).
 """
 from __future__ import annotations
@@ -355,6 +357,10 @@ class Accumulator:
   values, value counts per split (vocabularies, OOV rates), train numeric histograms and
   longest train sequence. Memory: distinct values and grid cells, not rows.
 
+  Fields in `uncounted` (schema indices: dynamic ids, hashed sequences) keep no value
+  counts (their `counts` entries stay empty), only missing values, values seen and the
+  longest sequence, so their memory does not grow with their distinct values.
+
   `add` buffers rows; every FLUSH_ROWS rows of a split are counted column by column with
   C-level counting (collections' _count_elements). Numeric values are counted raw (cheap
   for integer-valued columns) until a feature has RAW_CAP distinct ones, then folded into
@@ -362,22 +368,25 @@ class Accumulator:
   (merge, cells and pickling do it).
   """
 
-  def __init__(self, schema: Schema):
+  def __init__(self, schema: Schema, uncounted: frozenset = frozenset()):
     fields = schema.fields
     self.names = [f.name for f in fields]
     self.tasks = list(schema.labels)
     self._label_idx = [self.names.index(schema.labels[t]) for t in self.tasks]
-    self._cat = [(i, -1 if f.dtype == "int64" else "") for i, f in enumerate(fields)
-                 if f.kind == "categorical"]
+    cats = [(i, -1 if f.dtype == "int64" else "") for i, f in enumerate(fields)
+            if f.kind == "categorical"]
+    self._cat = [(i, mv) for i, mv in cats if i not in uncounted]
+    self._cat_missing = [(i, mv) for i, mv in cats if i in uncounted]
     self._multi = [i for i, f in enumerate(fields) if f.kind == "multi_categorical"]
+    self._multi_counted = {i for i in self._multi if i not in uncounted}
     self._num = [i for i, f in enumerate(fields) if f.kind == "numeric"]
     n = len(fields)
     self.rows = [0, 0, 0]
     self.positives = [[0] * len(self.tasks) for _ in SPLITS]
     self.missing = [[0] * n for _ in SPLITS]
     self.values = [[0] * n for _ in SPLITS]         # multi: values seen
-    self.counts: list[dict[int, dict]] = [{i: {} for i, _ in self._cat}
-                                          | {i: {} for i in self._multi} for _ in SPLITS]
+    counted = [i for i, _ in self._cat] + [i for i in self._multi if i in self._multi_counted]
+    self.counts: list[dict[int, dict]] = [{i: {} for i in counted} for _ in SPLITS]
     self.hist: dict[int, dict[int, int]] = {i: {} for i in self._num}
     self.raw: dict[int, dict[float, int]] = {i: {} for i in self._num}
     self.max_len = {i: 0 for i in self._multi}
@@ -410,12 +419,15 @@ class Accumulator:
       c = self.counts[s][i]
       _count_elements(c, map(itemgetter(i), rows))
       miss[i] += c.pop(mv, 0)
+    for i, mv in self._cat_missing:
+      miss[i] += list(map(itemgetter(i), rows)).count(mv)
     for i in self._multi:
       seqs = list(map(itemgetter(i), rows))
       lens = list(map(len, seqs))
       miss[i] += lens.count(0)
       self.values[s][i] += sum(lens)
-      _count_elements(self.counts[s][i], chain.from_iterable(seqs))
+      if i in self._multi_counted:
+        _count_elements(self.counts[s][i], chain.from_iterable(seqs))
       if s == 0:
         self.max_len[i] = max(self.max_len[i], max(lens))
     for i in self._num:

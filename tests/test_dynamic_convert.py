@@ -84,3 +84,98 @@ def test_generator_cli_prints_one_json_line(tmp_path, capsys):
   assert len(out.read_text().splitlines()) == 250
   rc = cli.main(["data", "synth_criteo", "--output", str(out), "--id_space", str(1 << 33)])
   assert rc == 2 and "--id_space" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# ssr_tf data convert --ids dynamic
+
+
+@pytest.fixture(scope="module")
+def criteo_small(tmp_path_factory):
+  path = tmp_path_factory.mktemp("criteo") / "train.txt.gz"
+  _synth(path, rows=2000, seed=1)
+  return path
+
+
+def _convert(*argv):
+  from ssr_tf.pipelines import convert
+  return convert.convert([str(a) for a in argv] + ["--quiet", "--shard_size", "1000"])
+
+
+def test_convert_dynamic_ids_writes_dynamic_spec_and_no_vocab(criteo_small, tmp_path):
+  out = tmp_path / "dyn"
+  summary = _convert("--format", "criteo", "--input", criteo_small, "--output", out,
+                     "--ids", "dynamic", "--capacity", "5000", "--admit_after", "2")
+  assert sum(summary["rows"].values()) == 2000
+  assert not (out / "vocab").exists()
+  assert sorted(p.name for p in out.iterdir()) == [
+      "config.yaml", "spec.yaml", "stats.json", "test", "train", "valid"]
+  spec = load_spec(str(out / "spec.yaml"))
+  cats = [f for f in spec.features if f.type == "categorical"]
+  assert [f.name for f in cats] == [f"C{i}" for i in range(1, 27)]
+  for f in cats:
+    assert f.dtype == "string" and f.vocab_file is None and f.min_count == 0
+    assert (f.dynamic.capacity, f.dynamic.admit_after) == (5000, 2)
+    assert f.table_size() == 1 + 1 + 5000
+  assert all(f.boundaries for f in spec.features if f.type == "numeric")
+  text = (out / "spec.yaml").read_text()
+  assert "vocab" not in text and text.count("capacity: 5000") == 26
+  stats = json.loads((out / "stats.json").read_text())
+  assert stats["ids"] == {"kind": "dynamic", "capacity": 5000, "admit_after": 2,
+                          "fallback_rows": 1}
+  assert stats["vocabularies_from"] == "none (--ids dynamic)"
+  for name in ("C3", "C20"):
+    d = stats["features"][name]
+    assert "vocab_size" not in d and "oov_rate" not in d and "distinct_train" not in d
+    assert d["ids"] == "dynamic" and d["capacity"] == 5000
+  # C20 is missing in ~44% of the rows, C3 in ~3%: the missing values are still counted.
+  assert 0.35 < stats["features"]["C20"]["missing_rate"]["train"] < 0.53
+  assert stats["features"]["C3"]["missing_rate"]["train"] < 0.08
+  # The records keep the raw hex strings and parse with the dynamic spec.
+  import tensorflow as tf
+  rec = next(iter(tf.data.TFRecordDataset(sorted(map(str, (out / "train").glob("part-*"))),
+                                          compression_type="GZIP")))
+  ex = tf.train.Example.FromString(rec.numpy())
+  c1 = ex.features.feature["C1"].bytes_list.value
+  assert len(c1) == 1 and HEX8.fullmatch(c1[0].decode())
+  # Converting new logs with this spec keeps the dynamic features and counts no values.
+  again = tmp_path / "again"
+  _convert("--format", "criteo", "--input", criteo_small, "--output", again,
+           "--spec", out / "spec.yaml", "--ratios", "0,0,1")
+  assert (again / "spec.yaml").read_text() == text
+  assert not (again / "vocab").exists()
+  assert json.loads((again / "stats.json").read_text())["features"]["C3"]["ids"] == "dynamic"
+
+
+def test_convert_default_ids_unchanged(criteo_small, tmp_path):
+  out = tmp_path / "vocab"
+  _convert("--format", "criteo", "--input", criteo_small, "--output", out)
+  spec = load_spec(str(out / "spec.yaml"))
+  assert all(f.vocab_file and f.dynamic is None for f in spec.features
+             if f.type == "categorical")
+  assert len(list((out / "vocab").glob("*.txt"))) == 26
+  stats = json.loads((out / "stats.json").read_text())
+  assert "ids" not in stats and "vocab_size" in stats["features"]["C3"]
+
+
+@pytest.mark.parametrize("flags,named", [
+    (["--ids", "dynamic", "--capacity", "0"], "--capacity"),
+    (["--ids", "dynamic", "--capacity", "-5"], "--capacity"),
+    (["--ids", "dynamic"], "--capacity"),
+    (["--ids", "dynamic", "--capacity", "10", "--admit_after", "0"], "--admit_after"),
+    (["--capacity", "10"], "--capacity"),
+    (["--admit_after", "2"], "--admit_after"),
+    (["--ids", "vocab", "--capacity", "10"], "--capacity"),
+    (["--ids", "dynamic", "--capacity", "10", "--spec", "SPEC"], "--spec"),
+    (["--ids", "dynamic", "--capacity", "10", "--runner", "DirectRunner"], "--runner"),
+    (["--ids", "hashed"], "--ids"),
+])
+def test_convert_bad_ids_flags_exit_2_naming_the_flag(criteo_small, tmp_path, capsys, flags,
+                                                       named):
+  flags = [str(tmp_path / "spec.yaml") if f == "SPEC" else f for f in flags]
+  rc = cli.main(["data", "convert", "--format", "criteo", "--input", str(criteo_small),
+                 "--output", str(tmp_path / "o"), "--quiet", *flags])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1, err
+  assert err[0].startswith(f"ssr_tf: error: {named}"), err
+  assert not (tmp_path / "o").exists()
