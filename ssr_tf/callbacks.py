@@ -162,3 +162,48 @@ class StepTensorBoard(tf.keras.callbacks.TensorBoard):
       self._write_keras_model_train_graph()
       self._should_write_train_graph = False
     super().on_epoch_end(epoch, logs)
+
+
+def dynamic_id_tables(model: tf.keras.Model) -> dict:
+  """{feature: DynamicIdTable} of the model's dynamic-id features ({} if none)."""
+  return dict(getattr(getattr(model, "embedding", None), "id_tables", {}) or {})
+
+
+class DynamicIdLogger(tf.keras.callbacks.Callback):
+  """Logs ``dynamic_ids/<feature>/{occupancy,admissions,evictions}`` to TensorBoard every
+  `every_n_steps` steps and at each epoch end: the share of the feature's rows taken, and
+  the ids admitted and evicted so far (reads three scalars per feature)."""
+
+  def __init__(self, log_dir: str, every_n_steps: int = 100):
+    super().__init__()
+    self.log_dir = log_dir
+    self.every_n_steps = max(int(every_n_steps), 1)
+    self._writer: Optional[tf.summary.SummaryWriter] = None
+    self.last: dict[str, dict[str, float]] = {}
+
+  def _write(self) -> None:
+    tables = dynamic_id_tables(self.model)
+    if not tables:
+      return
+    if self._writer is None:
+      self._writer = tf.summary.create_file_writer(self.log_dir)
+    step = int(self.model.optimizer.iterations.numpy())
+    with self._writer.as_default(), tf.summary.record_if(True):
+      for name, table in tables.items():
+        stats = {k: float(v.numpy()) for k, v in table.stats().items()}
+        for k, v in stats.items():
+          tf.summary.scalar(f"dynamic_ids/{name}/{k}", v, step=step)
+        self.last[name] = stats
+    self._writer.flush()
+
+  def on_train_batch_end(self, batch, logs=None):
+    if int(self.model.optimizer.iterations.numpy()) % self.every_n_steps == 0:
+      self._write()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._write()
+
+  def on_train_end(self, logs=None):
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None

@@ -79,8 +79,14 @@ class TrainConfig:
     epochs: maximum number of passes over the training data.
     steps_per_epoch: steps per epoch (0: enough global batches to cover the training split
       once, counted from the shards; training reads one endless, resumable stream).
-    learning_rate: Adam learning rate.
-    optimizer: "adam" or "adagrad".
+    learning_rate: learning rate of train.optimizer.
+    optimizer: "adam" or "adagrad": the optimizer of every weight except the embedding
+      tables.
+    embedding_optimizer: the embedding tables' optimizer (ssr_tf/optimizers.py):
+      lazy_adam (Adam on the rows a batch touches), adagrad, ftrl (sparse kernels) or adam
+      (dense Adam: every row's moments decay every step, so a step costs O(table rows)).
+    embedding_learning_rate: the tables' learning rate (0: train.learning_rate); the same
+      decay, warm-up and scaling apply.
     early_stopping_patience: epochs without validation-AUC gain before stopping (0: off).
     checkpoint_every_steps: steps between backups used to resume mid-epoch (a backup is
       also written at every epoch end).
@@ -107,6 +113,8 @@ class TrainConfig:
   steps_per_epoch: int = 0
   learning_rate: float = 1e-3
   optimizer: str = "adam"
+  embedding_optimizer: str = "lazy_adam"
+  embedding_learning_rate: float = 0.0
   lr_decay: str = "none"
   lr_decay_final: float = 0.0
   early_stopping_patience: int = 2
@@ -121,6 +129,7 @@ TASKS = ("click", "pay")   # the ranking tasks; labels and heads use these names
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "parameter_server")
 LR_SCALING = ("none", "linear", "sqrt")
 LR_DECAYS = ("none", "cosine", "linear")
+EMBEDDING_OPTIMIZERS = ("lazy_adam", "adagrad", "ftrl", "adam")
 PARTITIONERS = ("min_size", "fixed", "none")
 
 
@@ -258,6 +267,11 @@ class ExperimentConfig:
     _check(self.train.learning_rate > 0, "train.learning_rate", "must be > 0")
     _check(self.train.optimizer in ("adam", "adagrad"), "train.optimizer",
            "must be 'adam' or 'adagrad'")
+    _check(self.train.embedding_optimizer in EMBEDDING_OPTIMIZERS,
+           "train.embedding_optimizer", f"must be one of {list(EMBEDDING_OPTIMIZERS)}, got "
+           f"{self.train.embedding_optimizer!r}")
+    _check(self.train.embedding_learning_rate >= 0, "train.embedding_learning_rate",
+           "must be >= 0 (0: train.learning_rate)")
     _check(self.train.lr_decay in LR_DECAYS, "train.lr_decay",
            f"must be one of {list(LR_DECAYS)}, got {self.train.lr_decay!r}")
     _check(0.0 <= self.train.lr_decay_final <= 1.0, "train.lr_decay_final",

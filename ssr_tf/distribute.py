@@ -368,9 +368,17 @@ class DistributedGradients:
   sparse_mode: str = "require"
 
   def aggregate_gradients(self, grads_and_vars):
+    """Keras 2.11+ optimizers' aggregation hook."""
+    return self._replica_mean(grads_and_vars, super().aggregate_gradients)
+
+  def _aggregate_gradients(self, grads_and_vars):
+    """OptimizerV2's aggregation hook (the optimizers of ssr_tf.optimizers)."""
+    return self._replica_mean(grads_and_vars, super()._aggregate_gradients)
+
+  def _replica_mean(self, grads_and_vars, all_reduce_sum):
     grads_and_vars = list(grads_and_vars)
     self._check_sparse(grads_and_vars, "before")
-    reduced = super().aggregate_gradients(grads_and_vars)
+    reduced = all_reduce_sum(grads_and_vars)
     self._check_sparse(reduced, "after")
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     if replicas == 1:

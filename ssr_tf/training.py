@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import pathlib
@@ -37,12 +38,14 @@ import yaml
 
 from ssr_tf import data as data_lib
 from ssr_tf import distribute
+from ssr_tf import optimizers
 from ssr_tf import schedules
 from ssr_tf import task
 from ssr_tf import warm_start
-from ssr_tf.callbacks import ICSSparsityLogger, StepTensorBoard, ssr_layers
+from ssr_tf.callbacks import (DynamicIdLogger, ICSSparsityLogger, StepTensorBoard,
+                              dynamic_id_tables, ssr_layers)
 from ssr_tf.config import ExperimentConfig, to_dict
-from ssr_tf.errors import DataError, UserError
+from ssr_tf.errors import ConfigError, DataError, UserError
 from ssr_tf.models.ranker import backbone_flops, backbone_params, build_model
 
 BACKUP_SUBDIR = "backup"
@@ -77,17 +80,6 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
     except ValueError:
       continue
   return out
-
-
-def make_optimizer(cfg: ExperimentConfig, learning_rate=None,
-                   distributed: bool = False) -> tf.keras.optimizers.Optimizer:
-  """Adam or Adagrad; `distributed` mixes in replica-mean, sparse-checked aggregation."""
-  opts = tf.keras.optimizers
-  cls = opts.Adagrad if cfg.train.optimizer == "adagrad" else opts.Adam
-  lr = cfg.train.learning_rate if learning_rate is None else learning_rate
-  if distributed:
-    return distribute.distributed_optimizer(cls, cfg.distribution, learning_rate=lr)
-  return cls(lr)
 
 
 class BestCheckpoint(tf.keras.callbacks.Callback):
@@ -134,11 +126,11 @@ class ResumableBackup(tf.keras.callbacks.BackupAndRestore):
   the last step done, and, with parameter servers, after the in-flight steps finish.
 
   Keras restores the backup in on_train_begin and continues at the step after the one
-  recorded; `on_backup(global_step)` is called after each backup.
+  recorded; `on_backup(global_step, seconds)` is called after each backup.
   """
 
   def __init__(self, backup_dir: str, every_steps: int, steps_per_epoch: int,
-               coordinator=None, on_backup: Optional[Callable[[int], None]] = None,
+               coordinator=None, on_backup: Optional[Callable[[int, float], None]] = None,
                on_restored: Optional[Callable[[], None]] = None):
     super().__init__(backup_dir, save_freq=every_steps, delete_checkpoint=False)
     self.every_steps = every_steps
@@ -182,9 +174,11 @@ class ResumableBackup(tf.keras.callbacks.BackupAndRestore):
     state = self._training_state
     state._ckpt_saved_epoch.assign(epoch)   # pylint: disable=protected-access
     state._ckpt_saved_batch.assign(batch)   # pylint: disable=protected-access
+    start = time.perf_counter()
     state.back_up(epoch=epoch, batch=batch)
+    seconds = time.perf_counter() - start
     if self.on_backup:
-      self.on_backup(epoch * self.steps_per_epoch + batch + 1)
+      self.on_backup(epoch * self.steps_per_epoch + batch + 1, seconds)
 
 
 class CoordinatorValidation(tf.keras.callbacks.Callback):
@@ -254,6 +248,13 @@ class RunLog(tf.keras.callbacks.Callback):
   def event(self, record: dict) -> None:
     if self.write:
       append_jsonl(self.dir / "progress.jsonl", {"time": round(time.time(), 3), **record})
+
+  def backup(self, global_step: int, seconds: float) -> None:
+    """Called by ResumableBackup after each backup (its cost grows with the tables:
+    model, optimizer slots and dynamic-id maps; see README, Scale)."""
+    logging.info("ssr_tf: backup at step %d took %.2f s", global_step, seconds)
+    self.event({"event": "backup", "global_step": global_step,
+                "seconds": round(seconds, 3)})
 
   def restored(self) -> None:
     """Called by ResumableBackup once the backup (if any) is restored."""
@@ -428,6 +429,31 @@ def _ics_logger(cfg: ExperimentConfig, model: tf.keras.Model, model_dir: pathlib
   return ICSSparsityLogger(str(model_dir / "logs" / "ics"), features, every)
 
 
+def learning_rates(cfg: ExperimentConfig, global_batch: int, steps_per_epoch: int):
+  """((dense rate, embedding rate), scale factor): train.learning_rate and
+  train.embedding_learning_rate (0: the same), each scaled, warmed up and decayed alike."""
+  t = cfg.train
+  rates = []
+  for base in (t.learning_rate, t.embedding_learning_rate or t.learning_rate):
+    lr, factor = distribute.learning_rate(cfg.distribution, base, global_batch,
+                                          cfg.data.batch_size)
+    rates.append(schedules.with_decay(lr, t.lr_decay, t.epochs * steps_per_epoch,
+                                      t.lr_decay_final))
+  return tuple(rates), factor
+
+
+def check_dynamic_ids(spec, dist) -> None:
+  """Dynamic-id features train under the default strategy only: their id map is host
+  state that each training step updates before the lookup, so synchronous replicas would
+  race on it and parameter-server workers would assign rows asynchronously."""
+  dynamic = [f.name for f in spec.features if f.dynamic is not None]
+  if dynamic and dist.strategy != "default":
+    raise ConfigError(f"config key 'distribution.strategy': feature(s) {dynamic} use dynamic "
+                      f"ids, which train under strategy 'default' only, not "
+                      f"{dist.strategy!r}; give them hash_buckets or a vocabulary to train "
+                      "them distributed")
+
+
 def train(cfg: ExperimentConfig, overwrite: bool = False,
           callbacks: Optional[list] = None) -> dict:
   """Trains (or resumes) the experiment; returns the history and model description.
@@ -466,13 +492,12 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   count_cache = str(model_dir / "record_counts.json") if chief else None
   counts = data_lib.count_records(files, cfg.data.compression, count_cache)
   steps_per_epoch = cfg.train.steps_per_epoch or max(1, math.ceil(sum(counts) / global_batch))
-  lr, lr_factor = distribute.learning_rate(dist, cfg.train.learning_rate, global_batch,
-                                           cfg.data.batch_size)
-  lr = schedules.with_decay(lr, cfg.train.lr_decay, cfg.train.epochs * steps_per_epoch,
-                            cfg.train.lr_decay_final)
+  lr, lr_factor = learning_rates(cfg, global_batch, steps_per_epoch)
+  check_dynamic_ids(spec, dist)
   with strategy.scope(), distribute.variable_names():
     model = build_model(spec, cfg.model)
-    optimizer = make_optimizer(cfg, lr, distributed=dist.strategy != "default")
+    optimizer = optimizers.make_optimizer(cfg, model, *lr,
+                                          distributed=dist.strategy != "default")
     model.compile(optimizer=optimizer, steps_per_execution=dist.steps_per_execution)
   info = describe(model, cfg)
   print(json.dumps({"backbone": info, "distribution": distribute.describe(strategy)}))
@@ -527,13 +552,14 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
       "strategy": dist.strategy, "replicas": replicas}, chief, callback_state)
   backup = ResumableBackup(backup_dir, cfg.train.checkpoint_every_steps, steps_per_epoch,
                            coordinator=distribute.coordinator(strategy),
-                           on_backup=lambda step: log.event({"event": "backup",
-                                                             "global_step": step}),
+                           on_backup=log.backup,
                            on_restored=log.restored)
   # Order matters: at an epoch end, the best checkpoint and the logs are written before
   # the backup that moves the resume point past this epoch.
   cbs = ([validation] if validation else []) + [best] + ([early] if early else []) + [log, backup]
   cbs.append(StepTensorBoard(str(model_dir / "logs"), update_freq="epoch" if is_ps else 100))
+  if chief and dynamic_id_tables(model):
+    cbs.append(DynamicIdLogger(str(model_dir / "logs" / "dynamic_ids")))
   ics_logger = _ics_logger(cfg, model, model_dir, train_in, valid_in) if chief else None
   cbs += ([ics_logger] if ics_logger else []) + list(callbacks or [])
   verbose = 2 if is_ps and cfg.train.verbose == 1 else cfg.train.verbose

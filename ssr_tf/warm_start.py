@@ -22,7 +22,7 @@ def _model_weight_keys(path: str) -> set[str]:
   """Checkpoint keys of the model's own weights (not its optimizer's)."""
   return {k for k in tf.train.load_checkpoint(path).get_variable_to_shape_map()
           if k.startswith("model/") and not k.startswith("model/optimizer/")
-          and k.endswith("/.ATTRIBUTES/VARIABLE_VALUE")}
+          and "/.OPTIMIZER_SLOT/" not in k and k.endswith("/.ATTRIBUTES/VARIABLE_VALUE")}
 
 
 def load_weights(model: RankingModel, path: str, key: str) -> int:

@@ -40,7 +40,7 @@ def test_weights_come_from_the_checkpoint_and_the_optimizer_starts_fresh(earlier
       proj.numpy(),
       reader.get_tensor("model/backbone/ssr_layers/0/proj_kernel/.ATTRIBUTES/VARIABLE_VALUE"))
   model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
-  assert reader.get_tensor("model/optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 6
+  assert reader.get_tensor("model/optimizer/Optimizer0/iter/.ATTRIBUTES/VARIABLE_VALUE") == 6
   assert int(model.optimizer.iterations.numpy()) == 0     # not restored from the checkpoint
 
 

@@ -39,7 +39,7 @@ def _worker(args) -> dict:
   # pylint: disable=import-outside-toplevel
   import tensorflow as tf
 
-  from ssr_tf import data as data_lib, distribute, task, training
+  from ssr_tf import data as data_lib, distribute, optimizers, task, training
   from ssr_tf.bench import common
   from ssr_tf.config import DataConfig, DistributionConfig, ExperimentConfig
 
@@ -55,8 +55,8 @@ def _worker(args) -> dict:
   tf.keras.utils.set_random_seed(0)
   with strategy.scope(), distribute.variable_names():
     spec, model = task.build(cfg)
-    model.compile(optimizer=training.make_optimizer(
-        cfg, distributed=args.strategy != "default"))
+    model.compile(optimizer=optimizers.make_optimizer(
+        cfg, model, distributed=args.strategy != "default"))
   files = data_lib.list_files(cfg.data.train, "data.train")
   counts = data_lib.count_records(files)
   train_in, _ = training.inputs(cfg, spec, strategy, args.batch_size, 0, counts, None)

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from ssr_tf.features import Feature, FeatureSpec
 from ssr_tf.config import from_dict
+from ssr_tf.layers.dynamic_ids import DynamicIdTable, fingerprint
 
 
 def spec_to_config(spec: FeatureSpec) -> dict:
@@ -27,7 +28,8 @@ class FeatureEncoder(tf.keras.layers.Layer):
   """Maps each raw feature to embedding ids (row 0 = OOV/missing) or a standardised value.
 
   categorical: num_buckets: v in [0, N) -> v + 1; vocab_file: i-th kept value -> i + 1;
-  hash_buckets: hash(str(v)) mod H + 1. numeric log_bucketize:
+  hash_buckets: hash(str(v)) mod H + 1; dynamic: the id's key (int64 id, or a string's
+  64-bit fingerprint; -1 if missing), which DynamicIdTable maps to a row. numeric log_bucketize:
   bucketize(sign(v) log1p|v|) + 1 (NaN -> 0); dense: (v - mean) / std (NaN -> 0).
   """
 
@@ -60,6 +62,8 @@ class FeatureEncoder(tf.keras.layers.Layer):
       return tf.where((v >= 0) & (v < f.num_buckets), v + 1, tf.zeros_like(v))
     if f.vocab_file is not None:
       return self._tables[f.name].lookup(v)
+    if f.dynamic is not None:
+      return fingerprint(v)
     s = v if v.dtype == tf.string else tf.strings.as_string(v)
     ids = tf.strings.to_hash_bucket_fast(s, f.hash_buckets) + 1
     empty = tf.equal(s, "") if v.dtype == tf.string else tf.less(v, 0)
@@ -72,12 +76,22 @@ class FeatureEncoder(tf.keras.layers.Layer):
     return {**super().get_config(), "spec": spec_to_config(self.spec)}
 
 
+class _StepState:
+  """Per-call scratch space that Keras does not track (not part of any checkpoint)."""
+
+  def __init__(self):
+    self.reassigned: dict = {}
+
+
 @tf.keras.utils.register_keras_serializable(package="ssr_tf")
 class FeatureEmbedding(tf.keras.layers.Layer):
   """Encoded features -> field embeddings ``[batch, F, dim]`` (the paper's x is their concat).
 
   Categorical: table lookup; multi-valued: mean/sum over present ids; dense numeric:
   v * w_f + b_f. ``l2`` adds l2 * sum(e^2) / batch over the rows used in the batch.
+  Dynamic features look their rows up in a DynamicIdTable, which training calls update;
+  a row given to a new id is re-initialised, and ``reassigned`` holds those rows per
+  table variable for the optimizer to reset its slots.
   """
 
   def __init__(self, spec: FeatureSpec | dict, dim: int = 16, l2: float = 0.0, **kwargs):
@@ -86,6 +100,10 @@ class FeatureEmbedding(tf.keras.layers.Layer):
     self.dim = int(dim)
     self.l2 = float(l2)
     self.encoder = FeatureEncoder(self.spec, name="encoder")
+    self.id_tables = {f.name: DynamicIdTable(f.dynamic.capacity, f.dynamic.admit_after,
+                                             f.dynamic.fallback_rows, name=f"ids_{f.name}")
+                      for f in self.spec.features if f.dynamic is not None}
+    self._step_state = _StepState()
 
   def build(self, input_shape):
     self.tables = {}
@@ -98,6 +116,8 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         self.tables[f.name] = self.add_weight(
             f"emb_{f.name}", shape=[f.table_size(), self.dim],
             initializer=tf.keras.initializers.RandomUniform(-0.05, 0.05))
+    for name, ids in self.id_tables.items():
+      ids.build(None)
     super().build(input_shape)
 
   @property
@@ -108,12 +128,35 @@ class FeatureEmbedding(tf.keras.layers.Layer):
     """The tables, for a separate optimizer or partitioning."""
     return list(self.tables.values())
 
-  def call(self, inputs: dict):
+  def dynamic_rows(self, f: Feature, keys: tf.Tensor, training) -> tf.Tensor:
+    """Rows of a dynamic feature; in training, rows given to new ids are re-initialised
+    (stateless random values seeded by the map's step and the feature's position)."""
+    id_table = self.id_tables[f.name]
+    if not training:
+      return id_table(keys, training=False)
+    rows, reassigned = id_table(keys, training=True)
+    table = self.tables[f.name]
+    seed = tf.stack([id_table.step, tf.constant(self.spec.features.index(f), tf.int64)])
+    fresh = tf.random.stateless_uniform(tf.stack([tf.size(reassigned), self.dim]), seed,
+                                        minval=-0.05, maxval=0.05, dtype=table.dtype)
+    table.scatter_update(tf.IndexedSlices(fresh, reassigned))
+    self._step_state.reassigned[f.name] = (table, reassigned)
+    return rows
+
+  @property
+  def reassigned(self) -> dict[str, tuple[tf.Variable, tf.Tensor]]:
+    """{feature: (table, rows given to new ids)} of the latest training call."""
+    return self._step_state.reassigned
+
+  def call(self, inputs: dict, training=None):
     encoded = self.encoder(inputs)
     fields, penalty = [], 0.0
+    self._step_state.reassigned = {}
     for f in self.spec.features:
       ids = encoded[f.name]
       table = self.tables[f.name]
+      if f.dynamic is not None:
+        ids = self.dynamic_rows(f, ids, training)
       if f.type == "numeric" and f.transform == "dense":
         e = ids[:, None] * table[0][None] + table[1][None]          # [batch, dim]
       elif f.type == "multi_categorical":

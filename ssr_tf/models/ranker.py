@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from ssr_tf import optimizers
 from ssr_tf.config import TASKS, ModelConfig
 from ssr_tf.features import FeatureSpec
 from ssr_tf.layers.embedding import FeatureEmbedding
@@ -40,7 +41,7 @@ class RankingModel(tf.keras.Model):
 
   def logits(self, inputs: dict, training=None) -> dict:
     """{'click': [batch], 'pay': [batch]}; pay is the CVR logit in esmm mode."""
-    fields = self.embedding(inputs)                         # [batch, F, dim]
+    fields = self.embedding(inputs, training=training)      # [batch, F, dim]
     h = self.backbone(fields, training=training)
     h_click, h_pay = (h["click"], h["pay"]) if isinstance(h, dict) else (h, h)
     return {"click": tf.squeeze(self.click_head(h_click), -1),
@@ -98,6 +99,8 @@ class RankingModel(tf.keras.Model):
     grads = tape.gradient(scaled, self.trainable_variables)
     if hasattr(self.optimizer, "get_unscaled_gradients"):
       grads = self.optimizer.get_unscaled_gradients(grads)
+    for table, rows in self.embedding.reassigned.values():   # dynamic-id rows with new owners
+      optimizers.reset_rows(self.optimizer, table, rows)
     self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
     return self._update_metrics(data[1], logits, losses, total)
 
