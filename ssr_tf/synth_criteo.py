@@ -28,10 +28,13 @@ written into a byte matrix whose padding is then dropped), and compressed by a w
 thread while the next chunk is built, so memory is a few hundred MB whatever ``--rows``
 is; chunk i draws from ``default_rng([seed, i])``, so a seed fixes the bytes. Distinct ids
 of the large fields are counted exactly with one byte per id of ``--id_space`` (skipped
-when that would exceed 2 GiB). Prints one JSON line.
+when that would exceed 2 GiB). Prints one JSON line, with the AUC of the true logit on the
+first 1M rows and the AUC without the large fields' per-id effects (what a model that
+learns nothing per id of those fields can reach at best).
 
 Defaults (4 large fields of 50M ids, zipf 1.05, offset 100,000): a 10M-row file holds
-about 5.7M distinct ids in each large field, 40% of its rows on the 1M most frequent ids.
+about 5.7M distinct ids in each large field; by the law, 42% of its rows fall on the 1M most
+frequent ids of a field and 38% on ids expected at least twice.
 """
 from __future__ import annotations
 
@@ -71,6 +74,7 @@ LARGE_WEIGHT, SMALL_WEIGHT = 0.5, 0.2
 INT_SLOPES = {0: 0.25, 2: -0.2, 5: 0.15, 9: 0.2}
 BIAS = -1.5
 COUNT_LIMIT = 2 << 30            # bytes of distinct-id counters, at most
+ORACLE_ROWS = 1_000_000          # rows whose oracle AUCs the summary reports
 _M64 = np.uint64((1 << 64) - 1)
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _TAB, _NL, _MINUS, _ZERO = 9, 10, 45, 48
@@ -187,14 +191,31 @@ def _put_hex(mat: np.ndarray, col: int, v: np.ndarray, missing: np.ndarray) -> N
 WIDTH = 1 + NUM_INT * (2 + INT_DIGITS) + NUM_CAT * 9 + 1
 
 
-def make_chunk(cfg: CriteoSynthConfig, index: int, n: int
-               ) -> tuple[bytes, int, list[np.ndarray]]:
-  """Text of chunk `index` (n rows), its positives and the ranks drawn by each large field
-  (present values only)."""
+@dataclasses.dataclass
+class Chunk:
+  """One chunk of rows.
+
+  Attributes:
+    text: the TSV lines.
+    label: 0/1 per row.
+    logit: the true click logit per row.
+    large_logit: the part of `logit` from the large fields' per-id effects.
+    drawn: per large field, the ranks of its present values.
+  """
+  text: bytes
+  label: np.ndarray
+  logit: np.ndarray
+  large_logit: np.ndarray
+  drawn: list
+
+
+def make_chunk(cfg: CriteoSynthConfig, index: int, n: int) -> Chunk:
+  """Chunk `index` (n rows): rows drawn from ``default_rng([seed, index])``."""
   rng = np.random.default_rng([cfg.seed, index])
   large = set(cfg.large)
   mat = np.zeros((n, WIDTH), dtype=np.uint8)
   logit = np.full(n, BIAS)
+  large_logit = np.zeros(n)
   col = 1
   for j in range(NUM_INT):
     v = np.floor(rng.lognormal(INT_MU[j], INT_SIGMA, n))
@@ -217,14 +238,17 @@ def make_chunk(cfg: CriteoSynthConfig, index: int, n: int
       missing = rng.random(n) < CAT_MISSING[f]
       w = SMALL_WEIGHT
     v = id_values(ranks, f)
-    logit += np.where(missing, 0.0, w * id_effect(v, f))
+    effect = np.where(missing, 0.0, w * id_effect(v, f))
+    logit += effect
+    if f in large:
+      large_logit += effect
     _put_hex(mat, col, v, missing)
     col += 9
   label = rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
   mat[:, 0] = np.where(label, ord("1"), ord("0"))
   mat[:, col] = _NL
   flat = mat.ravel()
-  return flat[flat != 0].tobytes(), int(label.sum()), drawn
+  return Chunk(flat[flat != 0].tobytes(), label, logit, large_logit, drawn)
 
 
 def _open(path: str, level: int):
@@ -245,18 +269,21 @@ def write(cfg: CriteoSynthConfig, output: str, progress_every: float = 0.0) -> d
   count = cfg.count_distinct and len(large) * cfg.id_space <= COUNT_LIMIT
   seen = [np.zeros(cfg.id_space, dtype=bool) for _ in large] if count else []
   positives, last = 0, start
+  oracle: list[tuple] = []            # (label, logit, large_logit) of the first chunks
   out, raw = _open(output, cfg.gzip_level)
   try:
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
       pending: Optional[concurrent.futures.Future] = None
       for index, first in enumerate(range(0, cfg.rows, CHUNK)):
-        text, pos, drawn = make_chunk(cfg, index, min(CHUNK, cfg.rows - first))
-        positives += pos
-        for s, ranks in zip(seen, drawn):
+        chunk = make_chunk(cfg, index, min(CHUNK, cfg.rows - first))
+        positives += int(chunk.label.sum())
+        for s, ranks in zip(seen, chunk.drawn):
           s[ranks] = True
+        if first < ORACLE_ROWS:
+          oracle.append((chunk.label, chunk.logit, chunk.large_logit))
         if pending is not None:
           pending.result()          # at most one chunk in the writer (bounded memory)
-        pending = pool.submit(out.write, text)
+        pending = pool.submit(out.write, chunk.text)
         now = time.perf_counter()
         if progress_every and now - last >= progress_every:
           last = now
@@ -276,7 +303,17 @@ def write(cfg: CriteoSynthConfig, output: str, progress_every: float = 0.0) -> d
           "seconds": round(seconds, 2), "rows_per_s": round(cfg.rows / seconds, 1),
           "ctr": round(positives / cfg.rows, 4), "seed": cfg.seed,
           "large_fields": names, "id_space": cfg.id_space, "zipf": cfg.zipf,
-          "zipf_offset": cfg.zipf_offset, "distinct_ids": distinct}
+          "zipf_offset": cfg.zipf_offset, "distinct_ids": distinct, **_oracle(oracle)}
+
+
+def _oracle(parts: list[tuple]) -> dict:
+  """AUC of the true logit, and of the logit without the large fields' per-id effects (the
+  best a model can do that learns nothing per id of those fields), on the first rows."""
+  from ssr_tf import metrics  # pylint: disable=import-outside-toplevel
+  y, logit, large = (np.concatenate(x) for x in zip(*parts))
+  return {"oracle_rows": int(y.size),
+          "oracle_auc": round(metrics.auc(y, logit), 4),
+          "oracle_auc_without_large_ids": round(metrics.auc(y, logit - large), 4)}
 
 
 def main(argv: list[str], prog: str = "ssr_tf data synth_criteo") -> int:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import ssr_tf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from ssr_tf import cli, synth_criteo
+from ssr_tf import cli, metrics, synth_criteo
 from ssr_tf.features import load_spec
 
 HEX8 = re.compile(r"[0-9a-f]{8}")
@@ -71,6 +71,27 @@ def test_generator_writes_criteo_lines_and_is_deterministic(tmp_path):
     col = 14 + int(name[1:]) - 1
     assert a["distinct_ids"][name] == len({l.split("\t")[col] for l in lines[:-1]} - {""})
     assert a["distinct_ids"][name] > 2000       # 3,000 draws from a flat head: mostly new
+  # The label model, recomputed from the written text alone, gives the reported AUCs.
+  rows = [line.split("\t") for line in lines[:-1]]
+  logit = np.full(len(rows), synth_criteo.BIAS)
+  large_part = np.zeros(len(rows))
+  for j, slope in synth_criteo.INT_SLOPES.items():
+    v = np.array([float(r[1 + j]) if r[1 + j] else np.nan for r in rows])
+    t = (np.log1p(np.maximum(v, 0)) - synth_criteo.INT_MU[j]) / synth_criteo.INT_SIGMA
+    logit += np.where(np.isnan(v), 0.0, slope * np.nan_to_num(t))
+  for f in range(26):
+    col = [r[14 + f] for r in rows]
+    v = np.array([int(x, 16) if x else 0 for x in col], dtype=np.uint64)
+    big = f in synth_criteo.CriteoSynthConfig().large
+    w = synth_criteo.LARGE_WEIGHT if big else synth_criteo.SMALL_WEIGHT
+    e = np.where([x == "" for x in col], 0.0, w * synth_criteo.id_effect(v, f))
+    logit += e
+    large_part += e if big else 0.0
+  y = np.array([r[0] == "1" for r in rows])
+  assert a["oracle_rows"] == 3000
+  assert a["oracle_auc"] == round(metrics.auc(y, logit), 4)
+  assert a["oracle_auc_without_large_ids"] == round(metrics.auc(y, logit - large_part), 4)
+  assert 0.6 < a["oracle_auc_without_large_ids"] < a["oracle_auc"] < 0.9
 
 
 def test_generator_cli_prints_one_json_line(tmp_path, capsys):
