@@ -38,6 +38,7 @@ GROUPS: dict[str, dict[str, tuple[str, str]]] = {
         "convert": ("ssr_tf.pipelines.bench:main", "converter rows/s"),
         "distributed": ("ssr_tf.bench.distributed:main", "strategies and checkpoint timing"),
         "memory": ("ssr_tf.bench.memory:main", "PKM memory scaling: examples/s vs slots"),
+        "scale": ("ssr_tf.bench.scale:main", "examples/s and peak RSS vs embedding rows"),
         "hooks": ("ssr_tf.bench.hooks:main", "TensorBoard per-batch hook: stock vs ours"),
         "quality": ("ssr_tf.bench.quality:main", "paper reproduction suites (Tables 3-5, Fig. 3)"),
     },

@@ -125,6 +125,14 @@ class RankingOptimizer(CompositeOptimizer):
     return self.optimizers[1]
 
   @property
+  def learning_rate(self) -> tf.Tensor:
+    """The dense weights' learning rate at the latest step (its schedule's value there)."""
+    rate = self.dense_optimizer._get_hyper("learning_rate")  # pylint: disable=protected-access
+    if callable(rate):
+      rate = rate(tf.maximum(self.iterations - 1, 0))
+    return tf.convert_to_tensor(rate)
+
+  @property
   def sparse_report(self) -> dict:
     out = {}
     for opt in self.optimizers:

@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from ssr_tf import data as data_lib
 from ssr_tf import synth
-from ssr_tf.config import ModelConfig
+from ssr_tf import optimizers
+from ssr_tf.config import ExperimentConfig, ModelConfig, TrainConfig
 from ssr_tf.features import load_spec
 from ssr_tf.models.ranker import backbone_flops, backbone_params, build_model
 
@@ -48,11 +49,14 @@ def model_config(entry: dict, impl: str = "tf") -> ModelConfig:
   return ModelConfig(name=entry["name"], embedding_dim=16, backbone=backbone)
 
 
-def train_rate(spec, model_cfg: ModelConfig, batches: list, steps: int) -> dict:
-  """Examples/s of Keras train steps on in-memory batches (I/O excluded), after warm-up."""
+def train_rate(spec, model_cfg: ModelConfig, batches: list, steps: int,
+               embedding_optimizer: str = "lazy_adam") -> dict:
+  """Examples/s of Keras train steps on in-memory batches (I/O excluded), after warm-up,
+  through the optimizer `ssr_tf train` builds (train.optimizer adam at 1e-3)."""
   tf.keras.utils.set_random_seed(0)
   model = build_model(spec, model_cfg)
-  model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+  model.compile(optimizer=optimizers.make_optimizer(
+      ExperimentConfig(train=TrainConfig(embedding_optimizer=embedding_optimizer)), model))
   ds = tf.data.Dataset.from_tensor_slices(
       tf.nest.map_structure(lambda *t: tf.stack(t), *batches)).repeat()
   model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)         # trace + warm up
