@@ -299,3 +299,17 @@ def test_cli_refuses_unknown_embedding_optimizer_and_dynamic_under_mirrored(tmp_
 
 def test_embedding_optimizer_default_is_lazy_adam():
   assert ExperimentConfig().train.embedding_optimizer == "lazy_adam"
+
+
+@pytest.mark.slow
+def test_bench_scale_prints_rates_rss_and_backup_cost_per_size():
+  proc = subprocess.run([sys.executable, "-m", "ssr_tf", "bench", "scale", "--rows", "260,2600",
+                         "--models", "dnn", "--steps", "2", "--batch_size", "64"],
+                        capture_output=True, text=True, cwd=REPO, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = json.loads(proc.stdout)
+  cases = out["models"]["dnn"]
+  assert [c["embedding_rows"] for c in cases] == [26 * 10 + 26, 26 * 100 + 26]
+  assert cases[0]["rate_ratio_vs_smallest"] == 1.0
+  for c in cases:
+    assert c["examples_per_s"] > 0 and c["peak_rss_gib"] > 0 and c["backup_gib"] > 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import tempfile
 import time
 
@@ -50,9 +51,11 @@ def model_config(entry: dict, impl: str = "tf") -> ModelConfig:
 
 
 def train_rate(spec, model_cfg: ModelConfig, batches: list, steps: int,
-               embedding_optimizer: str = "lazy_adam") -> dict:
+               embedding_optimizer: str = "lazy_adam",
+               checkpoint_dir: str | None = None) -> dict:
   """Examples/s of Keras train steps on in-memory batches (I/O excluded), after warm-up,
-  through the optimizer `ssr_tf train` builds (train.optimizer adam at 1e-3)."""
+  through the optimizer `ssr_tf train` builds (train.optimizer adam at 1e-3); with
+  `checkpoint_dir`, also the cost of one backup (see backup_cost)."""
   tf.keras.utils.set_random_seed(0)
   model = build_model(spec, model_cfg)
   model.compile(optimizer=optimizers.make_optimizer(
@@ -64,9 +67,24 @@ def train_rate(spec, model_cfg: ModelConfig, batches: list, steps: int,
   model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
   seconds = time.perf_counter() - start
   batch = int(tf.shape(tf.nest.flatten(batches[0])[0])[0])
-  return {"examples_per_s": round(steps * batch / seconds, 1), "steps": steps, "batch": batch,
-          "backbone_params": backbone_params(model),
-          "backbone_flops_per_example": backbone_flops(model)}
+  out = {"examples_per_s": round(steps * batch / seconds, 1), "steps": steps, "batch": batch,
+         "backbone_params": backbone_params(model),
+         "backbone_flops_per_example": backbone_flops(model)}
+  if checkpoint_dir:
+    out.update(backup_cost(model, checkpoint_dir))
+  return out
+
+
+def backup_cost(model: tf.keras.Model, directory: str) -> dict:
+  """Seconds and GiB of one training backup (model and optimizer, as BackupAndRestore
+  writes it) into `directory`, which is removed afterwards."""
+  start = time.perf_counter()
+  tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(
+      str(pathlib.Path(directory) / "backup"))
+  seconds = time.perf_counter() - start
+  size = sum(p.stat().st_size for p in pathlib.Path(directory).rglob("*") if p.is_file())
+  shutil.rmtree(directory, ignore_errors=True)
+  return {"backup_s": round(seconds, 2), "backup_gib": round(size / 2**30, 3)}
 
 
 def load_batches(data_dir: pathlib.Path, batch_size: int, count: int):

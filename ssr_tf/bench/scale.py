@@ -6,7 +6,9 @@ SSR-D backbones of `ssr_tf bench train`, through the optimizer `ssr_tf train` bu
 (``--embedding_optimizer``, default lazy_adam). Every (model, size) runs in a fresh
 process, so its peak RSS is its own. Batches are random ids drawn from a space far larger
 than any table (1e9 values per field), built in memory (I/O excluded); timed steps follow
-warm-up steps. Ratios compare each size with the smallest, within this one run.
+warm-up steps; then one training backup (model and optimizer slots, as
+BackupAndRestore writes it) is timed and sized. Ratios compare each size with the
+smallest, within this one run.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 NUM_CATEGORICAL = 26
@@ -54,11 +57,13 @@ def _worker(args) -> dict:
   model_cfg = common.model_config(common.MODELS[args.model], args.impl)
   start = time.perf_counter()
   result = common.train_rate(spec, model_cfg, _batches(args.batch_size, 8), args.steps,
-                             embedding_optimizer=args.embedding_optimizer)
+                             embedding_optimizer=args.embedding_optimizer,
+                             checkpoint_dir=tempfile.mkdtemp(prefix="ssr_tf_scale_"))
   rows = sum(f.table_size() for f in spec.features)
   return {"embedding_rows": rows, "embedding_bytes": rows * model_cfg.embedding_dim * 4,
           "examples_per_s": result["examples_per_s"],
           "step_ms": round(1000.0 * args.batch_size / result["examples_per_s"], 2),
+          "backup_s": result["backup_s"], "backup_gib": result["backup_gib"],
           "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
           "wall_s": round(time.perf_counter() - start, 1)}
 
