@@ -471,6 +471,7 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   model_dir = pathlib.Path(cfg.train.model_dir)
   state_file = model_dir / "train_state.json"
   spec = task.build_spec(cfg)
+  check_dynamic_ids(spec, dist)
   feature_rows = warm_start.feature_rows(spec)      # reads the vocabularies once
   warm = _warm_start_checkpoint(cfg, model_dir, feature_rows)   # before --overwrite clears
   if overwrite:
@@ -493,7 +494,6 @@ def train(cfg: ExperimentConfig, overwrite: bool = False,
   counts = data_lib.count_records(files, cfg.data.compression, count_cache)
   steps_per_epoch = cfg.train.steps_per_epoch or max(1, math.ceil(sum(counts) / global_batch))
   lr, lr_factor = learning_rates(cfg, global_batch, steps_per_epoch)
-  check_dynamic_ids(spec, dist)
   with strategy.scope(), distribute.variable_names():
     model = build_model(spec, cfg.model)
     optimizer = optimizers.make_optimizer(cfg, model, *lr,
