@@ -37,6 +37,7 @@ test-fast: ops
 clean:
 	rm -rf $(DEMO) build ops/build ops/*.so *.egg-info
 
-# Regenerates README's configuration reference from the config dataclasses.
+# Regenerates docs/config.md, the configuration reference, from the config dataclasses
+# (`$(BIN)/python scripts/config_reference.py --check docs/config.md` exits 1 when it is stale).
 docs: $(STAMP)
-	$(BIN)/python scripts/config_reference.py --write README.md
+	$(BIN)/python scripts/config_reference.py --write docs/config.md
