@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Seventh session: the twelve fresh pairs of fresh_pairs_plan.md (seeds 11-22, demo configs).
+# The twelve fresh pairs of fresh_pairs_plan.md (seeds 11-22, demo configs; plan 2d8ef47, run 2026-11-25).
 #   DATA=/tmp/dx/data OUT=/tmp/s7 benchmarks/quality/demo_protocol/fresh_pairs.sh
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
