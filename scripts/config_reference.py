@@ -35,6 +35,13 @@ themselves are described by a feature spec, a second YAML file named by `data.sp
 """
 
 
+SPEC_NOTES = """\
+Relative `vocab_file` paths are relative to the spec file. Every record must hold every
+feature column (missing *values* are fine: NaN, -1 or ""); the input pipeline checks the
+first record of a split and names the missing column and file. `ssr_tf data synth` and
+`ssr_tf data convert` write a spec next to the shards."""
+
+
 def attributes(cls) -> dict[str, str]:
   """Key -> meaning from the ``Attributes:`` sections of `cls` and its base classes."""
   out: dict[str, str] = {}
@@ -120,7 +127,8 @@ def render() -> str:
           if inner is not None:
             parts.append(f"#### Each entry of `model.backbone.{f.name}` "
                          f"(`model.name: {name}`)\n\n{table(inner, '')}")
-  parts.append(f"## Feature spec (spec.yaml)\n\n{rst_to_markdown(features.__doc__)}")
+  parts.append(f"## Feature spec (spec.yaml)\n\n{rst_to_markdown(features.__doc__)}\n\n"
+               f"{SPEC_NOTES}")
   top = [f"`{f.name}` (default `{default_of(features.FeatureSpec, f)}`)"
          for f in dataclasses.fields(features.FeatureSpec)]
   parts.append("Top-level keys: " + ", ".join(top) + "; `features` is a list of the entries "
