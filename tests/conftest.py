@@ -15,7 +15,7 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "public"
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> pathlib.Path:
-  """3,000 synthetic rows (train/valid/test shards, spec, vocab), written once per session."""
+  """3,000 synthetic rows (train/valid/test shards, spec, vocab), written once per test run."""
   from ssr_tf import synth
   out = tmp_path_factory.mktemp("synth")
   synth.write(synth.SynthConfig(rows=3000, seed=3, shards=2, noise_fields=3), str(out))
