@@ -379,7 +379,7 @@ def _gap() -> dict:
                      ("lr1e-2", {"protocol": {"learning_rate": 1e-2}})):
     g[f"ssr_d/{tag}"] = _with(SSR_D, **extra)
     g[f"dnn/{tag}"] = _with(DNN, **extra)
-  # second round: the winners combined, at the learning rate that helped both models
+  # combinations of the single-factor winners, at the learning rate that helped both models
   fast = {"protocol": {"learning_rate": 3e-3}}
   g["dcnv2/lr3e-3"] = _with(TABLE3["dcnv2"], **fast)
   g["ssr_d/lr3e-3+e128"] = _with(_variant(SSR_D, expanded_dim=128), **fast)
