@@ -1,5 +1,10 @@
 """Raw click logs -> sharded tf.Example TFRecords + feature spec (`ssr_tf data convert`).
 
+Layout: this folder is the repository's top-level ``pipelines/``; setup.py maps it to the
+package ``ssr_tf.pipelines`` (``package_dir={"ssr_tf.pipelines": "pipelines"}``), so its
+modules are imported as ``ssr_tf.pipelines.<module>`` (``from ssr_tf.pipelines import
+local``), never as ``pipelines``, both in an editable install and from the wheel.
+
 Modules:
   schema:     input formats (Criteo, Avazu, Taobao, generic CSV + YAML mapping) and the
               compiled row parser.

@@ -29,7 +29,8 @@ from ssr_tf.pipelines.sources import Plan
 from ssr_tf.pipelines.transforms import SPLITS
 
 MODEL = {"name": "ssr", "embedding_dim": 16,
-         "backbone": {"mode": "dynamic", "num_layers": 2, "num_views": 8, "view_dim": 32}}
+         "backbone": {"mode": "dynamic", "num_layers": 2, "num_views": 8, "view_dim": 32,
+                      "impl": "auto"}}
 
 
 def shard_name(split: str, index: int, compression: str) -> str:

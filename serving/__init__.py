@@ -1,4 +1,9 @@
-"""TF Serving-compatible serving for ssr_tf exports (installed as ``ssr_tf.serving``).
+"""TF Serving-compatible serving for ssr_tf exports.
+
+Layout: this folder is the repository's top-level ``serving/``; setup.py maps it to the
+package ``ssr_tf.serving`` (``package_dir={"ssr_tf.serving": "serving"}``), so it is
+imported as ``ssr_tf.serving`` (``from ssr_tf.serving.client import RankingClient``), never as
+``serving``, both in an editable install and from the wheel.
 
 * :mod:`ssr_tf.serving.server`: ``ssr_tf serve``, a gRPC server implementing TF Serving's
   ``PredictionService`` and ``ModelService`` (plus optional REST) over the SavedModels

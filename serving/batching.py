@@ -17,7 +17,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from typing import Optional, Sequence
+from typing import Optional
 
 import grpc
 import numpy as np
@@ -203,9 +203,3 @@ class Batcher:
       t.future.set_result(t.servable.run(t.sig, t.feeds))
     except ServingError as e:
       t.future.set_exception(e)
-
-
-def run_direct(servable: Servable, sig: Signature, feeds: dict[str, np.ndarray],
-               outputs: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
-  """The unbatched path (``--enable_batching=false``): one session call per request."""
-  return servable.run(sig, feeds, outputs)

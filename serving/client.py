@@ -9,7 +9,8 @@
 
 ``ssr_tf score --server HOST:PORT --input FILE`` scores a TFRecord of tf.Examples, a CSV
 file with a header row, or JSON lines, and prints one ``click_prob<TAB>pay_prob`` line
-per record. CSV / JSON values are typed by the model's ``predict_raw`` signature
+per record (``click_prob`` alone for a model of a click-only data set, which has no
+``pay_prob`` output). CSV / JSON values are typed by the model's ``predict_raw`` signature
 (fetched with GetModelMetadata); multi-valued CSV cells separate values with ``|``.
 ``--saved_model DIR`` instead of ``--server`` scores the same way through an export on
 disk, in-process (:mod:`ssr_tf.serving.local`).
@@ -35,9 +36,8 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 
 from ssr_tf.errors import DataError, UserError, output_file
 from ssr_tf.serving import examples as examples_lib
+from ssr_tf.serving.examples import OUTPUTS
 from ssr_tf.serving.tensors import ServingError, ndarray_to_tensor, tensor_to_ndarray
-
-OUTPUTS = ("click_prob", "pay_prob")
 ExampleLike = Union[bytes, example_pb2.Example]
 
 
@@ -62,6 +62,7 @@ class RankingClient(examples_lib.ExampleScorer):
     self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
     self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
     self._types: Optional[dict[str, examples_lib.FeatureType]] = None
+    self._signatures: Optional[dict[str, Any]] = None
 
   def close(self) -> None:
     self.channel.close()
@@ -107,10 +108,26 @@ class RankingClient(examples_lib.ExampleScorer):
     resp.metadata["signature_def"].Unpack(smap)
     return dict(smap.signature_def)
 
+  def _cached_signatures(self) -> dict[str, Any]:
+    if self._signatures is None:
+      self._signatures = self.signatures()
+    return self._signatures
+
+  def output_names(self) -> list[str]:
+    """The scores serving_default returns (GetModelMetadata, cached), click_prob first;
+    UserError when it has no click_prob."""
+    sig = self._cached_signatures().get("serving_default")
+    names = [o for o in OUTPUTS if sig is not None and o in sig.outputs]
+    if "click_prob" not in names:
+      have = sorted(sig.outputs) if sig is not None else "no serving_default signature"
+      raise UserError(f"server {self.target}: model {self.model_name} serving_default has no "
+                      f"click_prob output ({have})")
+    return names
+
   def feature_types(self) -> dict[str, examples_lib.FeatureType]:
     """Feature dtypes / list-ness from the ``predict_raw`` signature (cached)."""
     if self._types is None:
-      sigs = self.signatures()
+      sigs = self._cached_signatures()
       raw = sigs.get("predict_raw")
       if raw is None:
         raw = next((s for s in sigs.values()
@@ -131,14 +148,14 @@ class RankingClient(examples_lib.ExampleScorer):
     return {k: tensor_to_ndarray(k, v) for k, v in resp.outputs.items()}
 
   def score_examples(self, examples: Sequence[ExampleLike]) -> dict[str, np.ndarray]:
-    """click_prob / pay_prob for tf.Examples (protos or serialized bytes)."""
+    """click_prob (/ pay_prob) for tf.Examples (protos or serialized bytes)."""
     data = [e if isinstance(e, bytes) else e.SerializeToString() for e in examples]
     arr = np.empty(len(data), dtype=object)
     arr[:] = data
     return self.predict({"examples": arr})
 
   def score_features(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """click_prob / pay_prob from one array per feature (the ``predict_raw`` signature)."""
+    """click_prob (/ pay_prob) from one array per feature (the ``predict_raw`` signature)."""
     return self.predict(features, signature_name="predict_raw")
 
 
@@ -216,9 +233,9 @@ def _open_scorer(args) -> examples_lib.ExampleScorer:
 
 
 def _score_file(scorer: examples_lib.ExampleScorer, path: str, fmt: str, batch_size: int,
-                write: Callable[[float, float], None]) -> int:
-  """Scores every record of one input file, in batches; returns how many. A batch the
-  model rejects is named by file and record range."""
+                names: Sequence[str], write: Callable[[list[float]], None]) -> int:
+  """Scores every record of one input file, in batches, writing the scores `names` of each;
+  returns how many. A batch the model rejects is named by file and record range."""
   types = scorer.feature_types() if fmt != "tfrecord" else None
   n = 0
   for batch in _batches(read_records(path, fmt), batch_size):
@@ -236,9 +253,9 @@ def _score_file(scorer: examples_lib.ExampleScorer, path: str, fmt: str, batch_s
       if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
         raise
       raise DataError(f"{where}: INVALID_ARGUMENT: {e.details()}") from None
-    click, pay = scores["click_prob"], scores.get("pay_prob")
+    columns = [scores[name] for name in names]
     for i in range(len(exs)):
-      write(float(click[i]), float(pay[i]) if pay is not None else float("nan"))
+      write([float(c[i]) for c in columns])
     n += len(exs)
   return n
 
@@ -255,7 +272,8 @@ def input_files(pattern: str) -> list[str]:
 
 
 def main(argv: list[str], prog: str = "ssr_tf score") -> int:
-  """Entry point of `ssr_tf score`: prints click_prob and pay_prob per input record."""
+  """Entry point of `ssr_tf score`: prints click_prob and pay_prob (click_prob alone for a
+  click-only model) per input record."""
   p = argparse.ArgumentParser(prog=prog, description="Score files through a running server "
                               "(TF Serving or `ssr_tf serve`) or an export on disk.")
   where = p.add_mutually_exclusive_group(required=True)
@@ -280,22 +298,25 @@ def main(argv: list[str], prog: str = "ssr_tf score") -> int:
   source = args.server or args.saved_model
   out = sys.stdout
 
-  def write(click: float, pay: float) -> None:
+  names: list[str] = []
+
+  def write(values: list[float]) -> None:
     if args.json:
-      out.write(json.dumps({"click_prob": click, "pay_prob": pay}) + "\n")
+      out.write(json.dumps(dict(zip(names, values))) + "\n")
     else:
-      out.write(f"{click:.6f}\t{pay:.6f}\n")
+      out.write("\t".join(f"{v:.6f}" for v in values) + "\n")
 
   n = 0
   try:
     with _open_scorer(args) as scorer:
+      names = scorer.output_names()
       if args.output != "-":           # opened (and an old file replaced) once the model is up
         out = open(args.output, "w")
       if not args.json:
-        out.write("click_prob\tpay_prob\n")
+        out.write("\t".join(names) + "\n")
       for path in paths:
         fmt = detect_format(path) if args.format == "auto" else args.format
-        n += _score_file(scorer, path, fmt, args.batch_size, write)
+        n += _score_file(scorer, path, fmt, args.batch_size, names, write)
   except grpc.RpcError as e:
     raise UserError(f"server {source}: {e.code().name}: {e.details()}") from None
   finally:

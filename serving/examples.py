@@ -97,6 +97,10 @@ def make_example(row: Mapping[str, Any], types: Optional[Mapping[str, FeatureTyp
   return ex
 
 
+# The scores of the export contract, primary first; a click-only model has click_prob only.
+OUTPUTS = ("click_prob", "pay_prob")
+
+
 class ExampleScorer:
   """What a ranking scorer (a server client or a local SavedModel) offers: scores for
   tf.Examples, feature types from ``predict_raw``, and from those, scores for plain rows.
@@ -114,11 +118,16 @@ class ExampleScorer:
   def feature_types(self) -> dict[str, FeatureType]:
     raise NotImplementedError
 
+  def output_names(self) -> list[str]:
+    """The scores serving_default returns, of ("click_prob", "pay_prob"): click_prob
+    alone for a model of a click-only data set."""
+    raise NotImplementedError
+
   def score_examples(self, examples: Sequence[Any]) -> dict[str, np.ndarray]:
     raise NotImplementedError
 
   def score_rows(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """click_prob / pay_prob for {feature: value} rows (typed via predict_raw)."""
+    """click_prob (/ pay_prob) for {feature: value} rows (typed via predict_raw)."""
     types = self.feature_types() or None
     return self.score_examples([make_example(r, types, f"row {i}") for i, r in enumerate(rows)])
 

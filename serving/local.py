@@ -18,10 +18,9 @@ import numpy as np
 
 from ssr_tf.errors import UserError
 from ssr_tf.serving import examples as examples_lib
+from ssr_tf.serving.examples import OUTPUTS
 from ssr_tf.serving.manager import list_versions
 from ssr_tf.serving.servable import Servable
-
-OUTPUTS = ("click_prob", "pay_prob")
 
 
 def resolve_version(path: str, version: Optional[int] = None) -> tuple[int, str]:
@@ -76,13 +75,16 @@ class LocalScorer(examples_lib.ExampleScorer):
   def close(self) -> None:
     self.servable.close()
 
+  def output_names(self) -> list[str]:
+    return list(self.outputs)
+
   def feature_types(self) -> dict[str, examples_lib.FeatureType]:
     """Feature dtypes / list-ness from the export's ``predict_raw`` signature."""
     raw = self.servable.signatures.get("predict_raw")
     return examples_lib.feature_types(raw.inputs) if raw is not None else {}
 
   def score_examples(self, examples: Sequence[Any]) -> dict[str, np.ndarray]:
-    """click_prob / pay_prob for tf.Examples (protos or serialized bytes); a record the
+    """click_prob (/ pay_prob) for tf.Examples (protos or serialized bytes); a record the
     model cannot parse raises ServingError (INVALID_ARGUMENT) naming the input."""
     arr = np.empty(len(examples), dtype=object)
     arr[:] = [e if isinstance(e, bytes) else e.SerializeToString() for e in examples]

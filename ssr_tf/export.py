@@ -3,6 +3,7 @@
 Layout ``DIR/<version>/saved_model.pb``. Signatures:
   serving_default(examples: string[batch] serialized tf.Example) -> click_prob, pay_prob
   predict_raw(<one tensor per feature>) -> click_prob, pay_prob
+A model of a click-only data set (no pay label in its spec) outputs click_prob alone.
 Each version also ships ``assets.extra/tf_serving_warmup_requests``: PredictionLog records
 of real examples that TF Serving (``--enable_model_warmup``, its default) and ``ssr_tf
 serve`` replay before the version takes traffic, so its first requests are not slow.
@@ -40,9 +41,8 @@ class ServingModule(tf.Module):
     return self.predict(features)
 
   def predict(self, features):
-    out = self.model(features, training=False)
-    return {"click_prob": tf.identity(out["click_prob"], name="click_prob"),
-            "pay_prob": tf.identity(out["pay_prob"], name="pay_prob")}
+    out = self.model(features, training=False)       # click_prob (, pay_prob)
+    return {k: tf.identity(v, name=k) for k, v in out.items()}
 
   def signatures(self) -> dict:
     examples = tf.function(self.serve_examples).get_concrete_function(
@@ -138,5 +138,6 @@ def main(argv: list[str], prog: str = "ssr_tf export") -> int:
   path = export_saved_model(model, spec, args.output, args.version, warmup, batches)
   print(json.dumps({"export": path, "checkpoint": ckpt, "fused": args.fused,
                     "signatures": ["serving_default", "predict_raw"],
+                    "outputs": [f"{t}_prob" for t in model.tasks],
                     "warmup_requests": len(batches)}))
   return 0

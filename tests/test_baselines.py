@@ -58,7 +58,26 @@ def test_param_count_matches_hand_formula(name, backbone, want_params, width):
     assert o.shape == (4, width)
     assert np.all(np.isfinite(o.numpy()))
   assert layer.flops_per_example(F, DIM) > 0
-  assert layer.get_config()["name"]
+  cfg = layer.get_config()
+  assert cfg["name"] and all(cfg[k] == v for k, v in backbone.items())
+  # Keras-serializable: the config rebuilds the same layer, with the same weights' shapes.
+  again = tf.keras.layers.deserialize(tf.keras.layers.serialize(layer))
+  assert type(again) is type(layer) and again.get_config() == cfg
+  again(tf.zeros([1, F, DIM]))
+  assert [v.shape for v in again.trainable_variables] == \
+      [v.shape for v in layer.trainable_variables]
+
+
+@pytest.mark.parametrize("name", ["dnn", "deepfm", "dcnv2", "autoint", "mmoe", "rankmixer",
+                                  "wukong"])
+def test_layer_defaults_are_the_config_dataclass_defaults(name):
+  import dataclasses
+  entry = registry.get(name)
+  layer_cls = type(registry.build_backbone(ModelConfig(name=name, embedding_dim=DIM), 16))
+  kwargs = {"tasks": ["click", "pay"]} if name == "mmoe" else {}
+  cfg = layer_cls(**kwargs).get_config()              # every setting left out
+  assert {k: cfg[k] for k in (f.name for f in dataclasses.fields(entry.config_cls))} == \
+      dataclasses.asdict(entry.config_cls())
 
 
 def test_flops_hand_formula_dcnv2_and_deepfm():
@@ -95,7 +114,8 @@ def test_rankmixer_token_mix_is_the_head_transpose():
 
 def test_wukong_low_rank_fm_equals_x_xt_y():
   from ssr_tf.models.wukong import WukongLayer
-  layer = WukongLayer(num_fm_embeddings=2, num_lc_embeddings=3, fm_rank=2, fmb_units=[])
+  layer = WukongLayer(num_fm_embeddings=2, num_lc_embeddings=3, fm_rank=2, fmb_units=[],
+                      activation="relu")
   x = tf.random.stateless_normal([2, 5, 4], seed=[3, 4])
   layer(x)
   y = layer.fm_proj.numpy()
@@ -113,6 +133,16 @@ def test_mmoe_gates_are_per_task():
     click = tf.reduce_sum(layer(x)["click"])
   grads = tape.gradient(click, [layer.gates["click"].kernel, layer.gates["pay"].kernel])
   assert grads[0] is not None and grads[1] is None      # click loss never touches pay's gate
+  # A click-only data set: one gate and tower, nothing that no loss would train.
+  click_only = registry.build_backbone(
+      ModelConfig(name="mmoe", embedding_dim=DIM, backbone={"num_experts": 2, "expert_units": [8],
+                                                            "tower_units": [4]}), F, ("click",))
+  assert set(click_only(x)) == {"click"} and set(click_only.gates) == {"click"}
+  assert not [v.name for v in click_only.trainable_variables if "pay" in v.name]
+  assert click_only.flops_per_example(F, DIM) < registry.build_backbone(
+      ModelConfig(name="mmoe", embedding_dim=DIM, backbone={"num_experts": 2, "expert_units": [8],
+                                                            "tower_units": [4]}), F
+  ).flops_per_example(F, DIM)
 
 
 @pytest.mark.parametrize("name,backbone,key", [
@@ -124,6 +154,7 @@ def test_mmoe_gates_are_per_task():
     ("wukong", {"fm_rank": 0}, "model.backbone.fm_rank"),
     ("deepfm", {"dropout": 1.5}, "model.backbone.dropout"),
     ("deepfm", {"hidden_unit": [4]}, "model.backbone.hidden_unit"),
+    ("dnn", {"hidden_units": [4, 0]}, "model.backbone.hidden_units"),
 ])
 def test_config_errors_name_the_key(name, backbone, key):
   with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -302,6 +302,19 @@ def test_bad_arguments_raise(kwargs, match):
     ProductKeyMemory(**args)
 
 
+def test_left_out_arguments_take_the_memory_config_defaults(monkeypatch):
+  import dataclasses
+  from ssr_tf.models.ssr import SSRBackboneConfig
+  from ssr_tf.models.ssr_msn import MemoryConfig
+  cfg = ProductKeyMemory(8, 6, 4, 5).get_config()
+  mem = {f.name: f for f in dataclasses.fields(MemoryConfig)}
+  for key in ("heads", "query_norm", "sub_top_k", "overparam", "track_usage", "usage_window"):
+    assert cfg[key] == mem[key].default, key
+  assert cfg["impl"] == SSRBackboneConfig.impl == "auto"     # the backbone's impl key
+  monkeypatch.setattr(mem["usage_window"], "default", 128)  # one place: the layer follows
+  assert ProductKeyMemory(8, 6, 4, 5).usage_window == 128
+
+
 def test_memory_gate_hand_values_and_errors():
   h, m = tf.ones([2, 3]), tf.ones([2, 2])
   sig = MemoryGate("sigmoid", kernel_initializer="ones")([h, m])   # z = 2

@@ -51,9 +51,17 @@ def test_dynamic_layer_shapes_weights_and_views_differ():
   assert layer.alpha.shape == (4, 5) and layer.gamma.shape == (4, 16)
   k = layer.proj_kernel.numpy()
   assert not np.allclose(k[:, 0], k[:, 1])          # no two views start identical
-  # LayerNorm per view: each view's output has ~zero mean, unit variance.
+  # LayerNorm per view (scale 1, offset 0 at init): each view's output has zero mean and
+  # variance var(z) / (var(z) + 1e-3), z the activated fusion output: ~1.
   per_view = y.numpy().reshape(3, 4, 8)
   np.testing.assert_allclose(per_view.mean(-1), 0, atol=1e-4)
+  x = tf.random.normal([3, 20], seed=4)
+  per_view = layer(x).numpy().reshape(3, 4, 8)
+  z = layer.activation(block_fusion_tf(layer.filter_views(x), layer.fusion_kernel,
+                                       layer.fusion_bias)).numpy()
+  want = z.var(-1) / (z.var(-1) + 1e-3)
+  np.testing.assert_allclose(per_view.var(-1), want, rtol=1e-3)
+  np.testing.assert_allclose(per_view.var(-1), 1.0, atol=0.05)
 
 
 def test_dynamic_is_projection_then_ics_then_fusion():
@@ -84,10 +92,72 @@ def test_indices_survive_checkpoint_and_savedmodel(tmp_path):
 def test_config_round_trip_and_bad_args():
   layer = SSRLayer("dynamic", num_views=2, view_dim=4, expanded_dim=9, seed=3)
   assert SSRLayer.from_config(layer.get_config()).get_config() == layer.get_config()
+  again = tf.keras.layers.deserialize(tf.keras.layers.serialize(layer))
+  assert again.get_config() == layer.get_config()
   with pytest.raises(ValueError, match="mode"):
-    SSRLayer("sparse")
+    SSRLayer("sparse", 2, 4)
   with pytest.raises(ValueError, match="expanded_dim"):
-    SSRLayer("dynamic", view_dim=8, expanded_dim=8)
+    SSRLayer("dynamic", 2, view_dim=8, expanded_dim=8)
+  with pytest.raises(ValueError, match="filter"):
+    SSRLayer("dynamic", 2, 4, filter="lasso")
+
+
+def test_left_out_arguments_take_the_backbone_config_defaults(monkeypatch):
+  import dataclasses
+  from ssr_tf.models.ssr import SSRBackboneConfig
+  cfg = SSRLayer("dynamic", 2, 4).get_config()
+  fields = {f.name: f for f in dataclasses.fields(SSRBackboneConfig)}
+  for key in ("ics_iters", "alpha_init", "use_gamma", "impl", "filter", "filter_rate"):
+    assert cfg[key] == fields[key].default, key
+  assert cfg["activation"] == fields["activation"].default == "gelu"
+  assert cfg["expanded_dim"] == 2 * 4 and fields["expanded_dim"].default is None
+  assert cfg["impl"] == "auto"
+  # The dataclass is the only place they are written: change it and the layer follows.
+  monkeypatch.setattr(fields["ics_iters"], "default", 3)
+  monkeypatch.setattr(fields["impl"], "default", "tf")
+  layer = SSRLayer("dynamic", 2, 4)
+  assert layer.ics_iters == 3 and layer.impl == "tf"
+
+
+# Hand-computed backbone sizes (the paper counts the backbone only, not the embeddings).
+F, DIM = 7, 8          # fields, embedding width
+D = F * DIM            # 56, the flattened input of layer 0
+B, DV = 4, 8           # views, view width: each layer outputs B * DV = 32
+E, T = 2 * DV, 5       # SSR-D: d_v* (default 2 d_v), ICS rounds (default)
+
+
+def _ssr_backbone(mode: str):
+  from ssr_tf.config import ModelConfig
+  from ssr_tf.models import registry
+  backbone = {"mode": mode, "num_layers": 2, "num_views": B, "view_dim": DV, "impl": "tf"}
+  layer = registry.build_backbone(ModelConfig(name="ssr", embedding_dim=DIM, backbone=backbone), F)
+  assert layer(tf.zeros([2, F, DIM])).shape == (2, B * DV)
+  params = sum(int(np.prod(v.shape)) for v in layer.trainable_variables)
+  return layer, params
+
+
+def test_ssr_d_params_and_flops_match_hand_formula():
+  layer, params = _ssr_backbone("dynamic")
+  # Per layer: W^proj d_in x (b d_v*), alpha b x T, gamma b x d_v*, V_i b x d_v* x d_v,
+  # bias b x d_v, LayerNorm scale + offset 2 b d_v; d_in = 56, then b d_v = 32.
+  per_layer = lambda d_in: d_in * B * E + B * T + B * E + B * E * DV + B * DV + 2 * B * DV
+  assert params == per_layer(56) + per_layer(32) == 4276 + 2740
+  # FLOPs (multiply-add = 2): projection 2 d_in b d_v*; ICS ~(2 + 4 T) per element of the
+  # b d_v* filtered view (mean, scale, subtract, ReLU per round; gamma and the sum);
+  # fusion 2 b d_v* d_v + bias b d_v; GELU + LayerNorm ~8 per output.
+  flops = lambda d_in: (2 * d_in * B * E + B * E * (2 + 4 * T) + 2 * B * E * DV + B * DV
+                        + 8 * B * DV)
+  assert layer.flops_per_example(F, DIM) == flops(56) + flops(32) == 9888 + 6816
+
+
+def test_ssr_s_params_and_flops_match_hand_formula():
+  layer, params = _ssr_backbone("static")
+  # The gather is a fixed index set (non-trainable): only V_i b x d_v x d_v, bias and
+  # LayerNorm per layer, independent of the input width.
+  assert params == 2 * (B * DV * DV + B * DV + 2 * B * DV) == 2 * 352
+  assert [int(np.prod(v.shape)) for v in layer.non_trainable_variables] == [B * DV] * 2
+  # Zero-FLOP gather; fusion 2 b d_v^2 + bias; GELU + LayerNorm ~8 per output.
+  assert layer.flops_per_example(F, DIM) == 2 * (2 * B * DV * DV + B * DV + 8 * B * DV) == 2 * 800
 
 
 def test_topk_ste_keeps_exactly_k_and_passes_gradient_straight_through():
@@ -97,3 +167,31 @@ def test_topk_ste_keeps_exactly_k_and_passes_gradient_straight_through():
     loss = tf.reduce_sum(y * 3.0)
   assert (np.count_nonzero(y.numpy(), axis=-1) == 4).all()
   np.testing.assert_allclose(tape.gradient(loss, z).numpy(), 3.0)
+
+
+@pytest.mark.parametrize("backbone,key", [
+    ({"mode": "static", "filter": "topk"}, "filter"),              # SSR-S has no filter stage
+    ({"mode": "static", "filter_rate": 0.2}, "filter_rate"),
+    ({"mode": "static", "expanded_dim": 64}, "expanded_dim"),
+    ({"mode": "static", "ics_iters": 2}, "ics_iters"),
+    ({"mode": "static", "view_dim": D + 1}, "view_dim"),          # gathers > the 56 input dims
+    ({"mode": "dynamic", "filter": "ics", "filter_rate": 0.2}, "filter_rate"),
+    ({"mode": "dynamic", "filter": "none", "alpha_init": 0.5}, "alpha_init"),
+    ({"mode": "dynamic", "expanded_dim": 32}, "expanded_dim"),     # must exceed view_dim
+    ({"impl": "cuda"}, "impl"),
+])
+def test_meaningless_or_bad_settings_name_the_key(backbone, key):
+  from ssr_tf.config import ModelConfig
+  from ssr_tf.errors import ConfigError
+  from ssr_tf.models import registry
+  with pytest.raises(ConfigError, match=rf"'model\.backbone\.{key}'"):
+    registry.build_backbone(ModelConfig(name="ssr", embedding_dim=DIM, backbone=backbone), F)
+
+
+def test_static_at_the_input_width_and_filter_defaults_written_out_are_accepted():
+  from ssr_tf.config import ModelConfig
+  from ssr_tf.models import registry
+  backbone = {"mode": "static", "num_layers": 1, "num_views": 2, "view_dim": D, "filter": "ics",
+              "filter_rate": 0.5, "impl": "tf"}
+  layer = registry.build_backbone(ModelConfig(name="ssr", embedding_dim=DIM, backbone=backbone), F)
+  assert layer(tf.zeros([1, F, DIM])).shape == (1, 2 * D)

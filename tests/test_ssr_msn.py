@@ -43,6 +43,61 @@ def test_builds_from_config_with_memories_at_two_places():
   assert set(bb.memory_usage()) == {"memory_0", "memory_1"}
 
 
+def test_params_and_flops_match_hand_formula():
+  # 5 fields x 4 dims = 20 inputs; SSR-D 2 layers of b=4 views, d_v=8 (d_v*=16, T=5), width 32;
+  # one memory after layer 0, queried from the input: n=8 sub-keys (64 slots), key_dim 8,
+  # top_k 4 (= k'), value_dim 8, 2 heads, BatchNorm on the queries.
+  mem = {**SMALL_MEMORY, "after_layer": 0, "heads": 2}
+  bb = registry.build_backbone(_backbone([mem]), num_fields=5)
+  assert bb(tf.zeros([2, 5, 4])).shape == (2, 32)
+  params = sum(int(np.prod(v.shape)) for v in bb.trainable_variables)
+  ssr = lambda d_in: d_in * 4 * 16 + 4 * 5 + 4 * 16 + 4 * 16 * 8 + 4 * 8 + 2 * 4 * 8
+  h, kd, n, k, vd, width = 2, 8, 8, 4, 8, 32
+  pkm = (20 * h * kd + h * kd      # query W_q, bias
+         + 2 * h * kd              # BatchNorm scale, offset (moving statistics do not train)
+         + h * 2 * n * kd // 2     # two sub-key tables of n half-keys per head
+         + n * n * vd)             # the value table, one row per slot
+  gate = vd * width + width        # W [M, H] and bias
+  assert params == ssr(20) + ssr(32) + pkm + gate == 1972 + 2740 + 1008 + 288
+  # FLOPs: SSR-D per layer as in test_ssr_layer; the memory (PKM paper, Lample et al.):
+  # query 2 d_in h kd + h kd, norm 4 h kd, sub-key scores 2 h n kd (the only term that grows,
+  # as sqrt(slots)), k'^2 candidates per head, softmax 3 h k, weighted gather 2 h k vd plus
+  # summing the heads (h - 1) vd; the sigmoid gate 2 M H + H + 5 H.
+  ssr_flops = lambda d_in: (2 * d_in * 4 * 16 + 4 * 16 * (2 + 4 * 5) + 2 * 4 * 16 * 8
+                            + 4 * 8 + 8 * 4 * 8)
+  pkm_flops = (2 * 20 * h * kd + h * kd + 4 * h * kd + 2 * h * n * kd + h * k * k + 3 * h * k
+               + 2 * h * k * vd + (h - 1) * vd)
+  gate_flops = 2 * vd * width + width + 5 * width
+  assert bb.flops_per_example(5, 4) == ssr_flops(20) + ssr_flops(32) + pkm_flops + gate_flops \
+      == 5280 + 6816 + 1168 + 704
+
+
+def test_auto_impl_without_the_op_library_warns_once(monkeypatch, caplog):
+  """impl: auto (the default) falls back to pure TF with ONE warning for SSR layers and
+  memories together when the op library did not load."""
+  import logging
+  from ssr_tf import ops
+  from ssr_tf.layers import _impl, pkm
+  from ssr_tf.ops import pkm as pkm_ops
+  monkeypatch.setattr(ops, "is_available", lambda: False)
+  monkeypatch.setattr(ops, "load_error", lambda: "not built (test)")
+  monkeypatch.setattr(pkm_ops, "is_available", lambda: False)
+  monkeypatch.setattr(pkm_ops, "load_error", lambda: "not built (test)")
+  monkeypatch.setattr(_impl, "_warned", False)
+  monkeypatch.setattr(pkm, "_warned", False)
+  assert MSNBackboneConfig().impl == "auto"
+  backbone = {k: v for k, v in SSR.items() if k != "impl"}
+  mems = [{**SMALL_MEMORY, "after_layer": 0}, {**SMALL_MEMORY, "after_layer": 1}]
+  bb = registry.build_backbone(ModelConfig(name="ssr_msn", embedding_dim=4,
+                                           backbone={**backbone, "memories": mems}), 5)
+  with caplog.at_level(logging.WARNING):
+    bb(tf.random.normal([3, 5, 4]), training=True)
+    bb(tf.random.normal([3, 5, 4]), training=False)
+  warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  assert len(warnings) == 1 and "falls back to pure TF" in warnings[0], warnings
+  assert "not built (test)" in warnings[0]
+
+
 def test_defaults_are_valid_and_inherit_ssr_keys():
   cfg = MSNBackboneConfig()
   cfg.validate()
@@ -57,6 +112,7 @@ def test_defaults_are_valid_and_inherit_ssr_keys():
     ({"memories": [{"query_norm": "group"}]}, r"memories\[0\]\.query_norm'"),
     ({"memories": [{"topk": 8}]}, r"unknown config key 'model\.backbone\.memories\[0\]\.topk'"),
     ({"num_views": 0}, r"'model\.backbone\.num_views'"),
+    ({"mode": "static", "filter": "dropout"}, r"'model\.backbone\.filter': mode 'static' "),
 ])
 def test_bad_config_names_the_key(backbone, match):
   with pytest.raises(ConfigError, match=match):
@@ -105,9 +161,20 @@ def test_trains_logs_utilisation_exports_and_reloads(tmp_path, make_config):
   _, model = task.build(cfg)
   task.restore(model, cfg.train.model_dir)
   assert_export_matches(export_dir, shard, model, rows=32, keys=("click_prob",))
-  # The restored memory read is the trained one: some slots were hit while training.
-  assert model.backbone.memories[0].slot_counts.numpy().sum() > 0 or \
-      model.backbone.memories[0].windows_done.numpy() > 0
+  # The restored memory is the trained one: every memory weight equals the value the
+  # training run checkpointed, and training moved it away from the (seeded) initial value.
+  path = task.restore(model, cfg.train.model_dir)
+  stored = tf.train.load_checkpoint(path)
+  _, fresh = task.build(cfg)
+  memory, initial = model.backbone.memories[0], fresh.backbone.memories[0]
+  keys = {k.split("/memories/0/")[1].split("/.ATTRIBUTES")[0]: k
+          for k in stored.get_variable_to_shape_map()
+          if "/memories/0/" in k and k.endswith("/.ATTRIBUTES/VARIABLE_VALUE")
+          and "OPTIMIZER_SLOT" not in k}
+  for name in ("values", "sub_keys", "query_kernel"):
+    restored, trained = getattr(memory, name).numpy(), stored.get_tensor(keys[name])
+    np.testing.assert_array_equal(restored, trained)
+    assert not np.allclose(trained, getattr(initial, name).numpy()), name
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import tensorflow as tf
 
 from ssr_tf.features import Feature, FeatureSpec
@@ -124,10 +123,6 @@ class FeatureEmbedding(tf.keras.layers.Layer):
   def num_fields(self) -> int:
     return len(self.spec.features)
 
-  def embedding_variables(self) -> list:
-    """The tables, for a separate optimizer or partitioning."""
-    return list(self.tables.values())
-
   def dynamic_rows(self, f: Feature, keys: tf.Tensor, training) -> tf.Tensor:
     """Rows of a dynamic feature; in training, rows given to new ids are re-initialised
     (stateless random values seeded by the map's step and the feature's position)."""
@@ -190,8 +185,3 @@ def raw_input_signature(spec: FeatureSpec) -> dict[str, tf.TensorSpec]:
     shape = [None, f.max_len] if f.type == "multi_categorical" else [None]
     sig[f.name] = tf.TensorSpec(shape, dtypes[f.dtype], name=f.name)
   return sig
-
-
-def numpy_default(f: Feature):
-  """The value a missing entry takes: NaN, -1 or ""."""
-  return {"float32": np.nan, "int64": -1, "string": b""}[f.dtype]

@@ -7,6 +7,7 @@ m = sum_heads sum_{t<k} softmax(S)_t * V[I_t]   (V: num_sub_keys**2 x value_dim,
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from typing import Optional
@@ -14,6 +15,7 @@ from typing import Optional
 import tensorflow as tf
 
 from ssr_tf.layers import _impl
+from ssr_tf.layers.ssr import CONFIG_DEFAULT, ConfigDefault, backbone_defaults, resolve_defaults
 
 QUERY_NORMS = ("batch", "layer", "none")
 GATES = ("sigmoid", "add")
@@ -56,7 +58,9 @@ def usage_stats(counts: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def _fused_ok(impl: str) -> bool:
-  """True when the fused sparse-gather op should run ('auto' falls back with one warning)."""
+  """True when the fused sparse-gather op should run ('auto' falls back with one warning:
+  when the op library did not load at all, the SSR layers' warning of ssr_tf.layers._impl
+  is that one)."""
   global _warned
   if impl == "tf":
     return False
@@ -67,6 +71,8 @@ def _fused_ok(impl: str) -> bool:
     ok, why = False, f"ssr_tf.ops.pkm not importable: {e}"
   if ok:
     return True
+  if impl == "auto" and not _impl.use_fused(impl):   # no library: warned there, once
+    return False
   if impl == "fused":
     raise RuntimeError(f"impl='fused' but the PKM sparse-gather op did not load: {why} "
                        f"(run `make ops`)")
@@ -146,16 +152,31 @@ class ProductKeyMemory(tf.keras.layers.Layer):
     overparam: over-parameterisation factor m of the query net and keys (1 = off).
     track_usage: count slot hits while training and report the utilisation metrics.
     usage_window: examples per utilisation window.
-    impl: "tf" (tf.gather), "fused" (custom sparse-gather op, must load) or "auto".
-    seed: seed of the key, value and query initialisers.
+    impl: "auto" (the custom sparse-gather op when its library loaded, else tf.gather with
+      one warning), "tf" (tf.gather) or "fused" (custom op, must load).
+    seed: seed of the key, value and query initialisers (None: unseeded).
+  heads, query_norm, sub_top_k, overparam, track_usage and usage_window default to the same
+  keys of ssr_tf.models.ssr_msn.MemoryConfig, impl to SSRBackboneConfig's: the one place
+  each default is written.
   Input shape: [..., d_in]. Output shape: [..., value_dim].
   """
 
   def __init__(self, num_sub_keys: int, key_dim: int, top_k: int, value_dim: int,
-               heads: int = 1, query_norm: str = "batch", sub_top_k: Optional[int] = None,
-               overparam: int = 1, track_usage: bool = True, usage_window: int = 65536,
-               impl: str = "tf", seed: Optional[int] = None, **kwargs):
+               heads: int | ConfigDefault = CONFIG_DEFAULT,
+               query_norm: str | ConfigDefault = CONFIG_DEFAULT,
+               sub_top_k: Optional[int] | ConfigDefault = CONFIG_DEFAULT,
+               overparam: int | ConfigDefault = CONFIG_DEFAULT,
+               track_usage: bool | ConfigDefault = CONFIG_DEFAULT,
+               usage_window: int | ConfigDefault = CONFIG_DEFAULT,
+               impl: str | ConfigDefault = CONFIG_DEFAULT, seed: Optional[int] = None,
+               **kwargs):
     super().__init__(**kwargs)
+    s = resolve_defaults(dict(heads=heads, query_norm=query_norm, sub_top_k=sub_top_k,
+                              overparam=overparam, track_usage=track_usage,
+                              usage_window=usage_window, impl=impl), memory_defaults)
+    heads, query_norm, sub_top_k = s["heads"], s["query_norm"], s["sub_top_k"]
+    overparam, track_usage, usage_window = s["overparam"], s["track_usage"], s["usage_window"]
+    impl = s["impl"]
     for name, value in (("num_sub_keys", num_sub_keys), ("key_dim", key_dim), ("top_k", top_k),
                         ("value_dim", value_dim), ("heads", heads), ("overparam", overparam),
                         ("usage_window", usage_window)):
@@ -397,12 +418,6 @@ class ProductKeyMemory(tf.keras.layers.Layer):
             "last_slots_used": float(self.last_used.numpy()),
             "last_usage_kl": float(self.last_kl.numpy())}
 
-  def reset_usage(self) -> None:
-    for var in (self.slot_counts, self.window_seen, self.windows_done, self.last_used,
-                self.last_kl, self.window_used, self.window_xlogx, self.window_hits,
-                self.train_steps):
-      var.assign(tf.zeros_like(var))
-
   def flops_per_example(self, input_dim: Optional[int] = None) -> int:
     return pkm_flops(input_dim or self.input_dim, self.num_sub_keys, self.key_dim, self.top_k,
                      self.value_dim, self.heads, self.sub_top_k, self.overparam)["total"]
@@ -413,6 +428,13 @@ class ProductKeyMemory(tf.keras.layers.Layer):
             "query_norm": self.query_norm, "sub_top_k": self.sub_top_k,
             "overparam": self.overparam, "track_usage": self.track_usage,
             "usage_window": self.usage_window, "impl": self.impl, "seed": self.seed}
+
+
+def memory_defaults() -> dict:
+  """{key: default} of MemoryConfig, with impl from SSRBackboneConfig (the backbone's)."""
+  from ssr_tf.models.ssr_msn import MemoryConfig  # pylint: disable=import-outside-toplevel
+  return {**{f.name: f.default for f in dataclasses.fields(MemoryConfig)},
+          "impl": backbone_defaults()["impl"]}
 
 
 def _is_training(training) -> bool:
@@ -440,7 +462,7 @@ class MemoryGate(tf.keras.layers.Layer):
     kernel_initializer: initializer of W ([M, H]); default zeros (identity at start).
   """
 
-  def __init__(self, gate: str = "sigmoid", scale: float = 2.0,
+  def __init__(self, gate: str, scale: float = 2.0,
                kernel_initializer="zeros", **kwargs):
     super().__init__(**kwargs)
     if gate not in GATES:

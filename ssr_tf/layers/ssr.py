@@ -5,6 +5,8 @@ y = concat_i LayerNorm_i(z_i).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
@@ -12,6 +14,33 @@ from ssr_tf.layers import _impl
 from ssr_tf.layers.ics import ics_tf
 
 MODES = ("static", "dynamic")
+FILTERS = ("ics", "none", "topk", "dropout")
+
+
+class ConfigDefault:
+  """Marks an argument left out: it takes the value of the same-named field of the
+  backbone config dataclass, the one place that default is written."""
+
+  def __repr__(self) -> str:
+    return "<backbone config default>"
+
+
+CONFIG_DEFAULT = ConfigDefault()
+
+
+def backbone_defaults() -> dict:
+  """{field: default} of SSRBackboneConfig (model.backbone of `model.name: ssr`)."""
+  from ssr_tf.models.ssr import SSRBackboneConfig  # pylint: disable=import-outside-toplevel
+  return {f.name: f.default for f in dataclasses.fields(SSRBackboneConfig)}
+
+
+def resolve_defaults(given: dict, defaults) -> dict:
+  """`given` with each CONFIG_DEFAULT replaced by its entry of `defaults()` (a callable,
+  so the config module is imported only when a default is needed)."""
+  if not any(v is CONFIG_DEFAULT for v in given.values()):
+    return given
+  table = defaults()
+  return {k: table[k] if v is CONFIG_DEFAULT else v for k, v in given.items()}
 
 
 def static_indices(input_dim: int, num_views: int, view_dim: int, seed: int | None) -> np.ndarray:
@@ -49,48 +78,60 @@ class SSRLayer(tf.keras.layers.Layer):
     mode: "static" or "dynamic".
     num_views: b, parallel views.
     view_dim: d_v, output width per view (and gather width for static).
-    expanded_dim: d_v* > d_v, projected width before ICS (dynamic; default 2 * view_dim).
+    expanded_dim: d_v* > d_v, projected width before ICS (dynamic; None: 2 * view_dim).
     ics_iters: T of ICS.
     alpha_init: initial ICS extinction rates.
     use_gamma: learn the ICS recovery scale.
     activation: fusion activation sigma.
-    seed: seed of the static index draw.
-    impl: "tf", "fused" (custom op; fails if it cannot load) or "auto".
+    seed: seed of the static index draw and of the per-view initialisers (None: unseeded).
+    impl: "auto" (the custom op when its library loaded, else pure TF with one warning),
+      "tf" or "fused" (custom op; fails if it cannot load).
     filter: "ics" (paper), "none" (dense projection, no sparse filter; Table 4 ablation),
       "topk" (keep the top k = view_dim dims with a straight-through gradient) or
       "dropout" (dropout with rate `filter_rate` instead of ICS).
     filter_rate: dropout rate for filter="dropout".
     kernel_initializer: initializer of W^proj and V.
+  expanded_dim, ics_iters, alpha_init, use_gamma, activation, impl, filter and filter_rate
+  default to the same keys of ssr_tf.models.ssr.SSRBackboneConfig, where the SSR defaults
+  are written.
   """
 
-  def __init__(self, mode: str = "dynamic", num_views: int = 8, view_dim: int = 32,
-               expanded_dim: int | None = None, ics_iters: int = 5, alpha_init: float = 0.1,
-               use_gamma: bool = True, activation: str = "gelu", seed: int | None = None,
-               impl: str = "tf", filter: str = "ics", filter_rate: float = 0.5,  # pylint: disable=redefined-builtin
+  def __init__(self, mode: str, num_views: int, view_dim: int,
+               expanded_dim: int | None | ConfigDefault = CONFIG_DEFAULT,
+               ics_iters: int | ConfigDefault = CONFIG_DEFAULT,
+               alpha_init: float | ConfigDefault = CONFIG_DEFAULT,
+               use_gamma: bool | ConfigDefault = CONFIG_DEFAULT,
+               activation=CONFIG_DEFAULT, seed: int | None = None,
+               impl: str | ConfigDefault = CONFIG_DEFAULT,
+               filter: str | ConfigDefault = CONFIG_DEFAULT,  # pylint: disable=redefined-builtin
+               filter_rate: float | ConfigDefault = CONFIG_DEFAULT,
                kernel_initializer="glorot_uniform", **kwargs):
     super().__init__(**kwargs)
+    s = resolve_defaults(dict(expanded_dim=expanded_dim, ics_iters=ics_iters,
+                              alpha_init=alpha_init, use_gamma=use_gamma,
+                              activation=activation, impl=impl, filter=filter,
+                              filter_rate=filter_rate), backbone_defaults)
     if mode not in MODES:
       raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if num_views < 1 or view_dim < 1:
       raise ValueError(f"num_views and view_dim must be >= 1, got {num_views}, {view_dim}")
-    if expanded_dim is None:
-      expanded_dim = 2 * view_dim
-    if mode == "dynamic" and expanded_dim <= view_dim and filter == "ics":
-      raise ValueError(f"expanded_dim must be > view_dim, got {expanded_dim} <= {view_dim}")
-    if filter not in ("ics", "none", "topk", "dropout"):
-      raise ValueError(f"filter must be ics, none, topk or dropout, got {filter!r}")
+    expanded = 2 * view_dim if s["expanded_dim"] is None else s["expanded_dim"]
+    if mode == "dynamic" and expanded <= view_dim and s["filter"] == "ics":
+      raise ValueError(f"expanded_dim must be > view_dim, got {expanded} <= {view_dim}")
+    if s["filter"] not in FILTERS:
+      raise ValueError(f"filter must be one of {FILTERS}, got {s['filter']!r}")
     self.mode = mode
     self.num_views = int(num_views)
     self.view_dim = int(view_dim)
-    self.expanded_dim = int(expanded_dim)
-    self.ics_iters = int(ics_iters)
-    self.alpha_init = float(alpha_init)
-    self.use_gamma = bool(use_gamma)
-    self.activation = tf.keras.activations.get(activation)
+    self.expanded_dim = int(expanded)
+    self.ics_iters = int(s["ics_iters"])
+    self.alpha_init = float(s["alpha_init"])
+    self.use_gamma = bool(s["use_gamma"])
+    self.activation = tf.keras.activations.get(s["activation"])
     self.seed = seed
-    self.impl = _impl.check(impl)
-    self.filter = filter
-    self.filter_rate = float(filter_rate)
+    self.impl = _impl.check(s["impl"])
+    self.filter = s["filter"]
+    self.filter_rate = float(s["filter_rate"])
     self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
 
   @property

@@ -14,8 +14,9 @@ import dataclasses
 
 import tensorflow as tf
 
-from ssr_tf.models.checks import Checks
 from ssr_tf.models import registry
+from ssr_tf.models.base import BackboneLayer
+from ssr_tf.models.checks import Checks
 from ssr_tf.models.dnn import MLP
 
 
@@ -46,38 +47,38 @@ class AutoIntBackboneConfig:
 
 
 @tf.keras.utils.register_keras_serializable(package="ssr_tf")
-class AutoInt(tf.keras.layers.Layer):
+class AutoInt(BackboneLayer):
   """[batch, F, dim] -> [batch, F * num_heads * head_dim (+ hidden_units[-1])].
+
+  Takes AutoIntBackboneConfig's fields by keyword (see ssr_tf.models.base.BackboneLayer).
+  The AutoInt+ MLP is ReLU without dropout (the attention dropout does not apply to it).
 
   Example:
     >>> AutoInt(num_layers=1, num_heads=2, head_dim=4)(tf.zeros([3, 5, 8])).shape  # [3, 40]
   """
 
-  def __init__(self, num_layers=3, num_heads=2, head_dim=16, use_residual=True,
-               hidden_units=(), dropout=0.0, **kwargs):
+  config_cls = AutoIntBackboneConfig
+
+  def __init__(self, **kwargs):
     super().__init__(**kwargs)
-    self.num_layers = int(num_layers)
-    self.num_heads = int(num_heads)
-    self.head_dim = int(head_dim)
-    self.use_residual = bool(use_residual)
-    self.hidden_units = list(hidden_units)
-    self.dropout = float(dropout)
-    width = self.num_heads * self.head_dim
+    c = self.cfg
+    width = c.num_heads * c.head_dim
     self.attention = [
-        tf.keras.layers.MultiHeadAttention(num_heads, head_dim, use_bias=False,
-                                           output_shape=width, dropout=dropout,
+        tf.keras.layers.MultiHeadAttention(c.num_heads, c.head_dim, use_bias=False,
+                                           output_shape=width, dropout=c.dropout,
                                            name=f"attention_{i}")
-        for i in range(self.num_layers)]
+        for i in range(c.num_layers)]
     self.residual = ([tf.keras.layers.Dense(width, use_bias=False, name=f"residual_{i}")
-                      for i in range(self.num_layers)] if self.use_residual else [])
-    self.deep = MLP(self.hidden_units, name="deep") if self.hidden_units else None
+                      for i in range(c.num_layers)] if c.use_residual else [])
+    self.deep = (MLP(hidden_units=c.hidden_units, activation="relu", dropout=0.0,
+                     batch_norm=False, name="deep") if c.hidden_units else None)
 
   def call(self, fields, training=None):
     e0 = tf.cast(fields, self.compute_dtype)                         # [batch, F, dim]
     e = e0
     for i, mha in enumerate(self.attention):
       a = mha(e, e, training=training)                                # [batch, F, h k]
-      if self.use_residual:
+      if self.cfg.use_residual:
         a = a + self.residual[i](e)
       e = tf.nn.relu(a)
     out = tf.reshape(e, [-1, e.shape[1] * e.shape[2]])               # [batch, F h k]
@@ -87,14 +88,15 @@ class AutoInt(tf.keras.layers.Layer):
     return tf.concat([out, self.deep(flat, training=training)], axis=-1)
 
   def flops_per_example(self, num_fields: int, embedding_dim: int) -> int:
-    f, w, h = num_fields, self.num_heads * self.head_dim, self.num_heads
+    c = self.cfg
+    f, w, h = num_fields, c.num_heads * c.head_dim, c.num_heads
     total, d = 0, embedding_dim
-    for _ in range(self.num_layers):
+    for _ in range(c.num_layers):
       total += 3 * 2 * f * d * w            # Q, K, V projections
       total += 2 * 2 * f * f * w            # scores and weighted sum
       total += 5 * h * f * f                # softmax (approximate)
       total += 2 * f * w * w                # output projection
-      if self.use_residual:
+      if c.use_residual:
         total += 2 * f * d * w + f * w      # W_res and the add
       total += f * w                        # ReLU
       d = w
@@ -102,13 +104,9 @@ class AutoInt(tf.keras.layers.Layer):
       total += self.deep.flops_per_example(num_fields, embedding_dim)
     return total
 
-  def get_config(self):
-    return {**super().get_config(), "num_layers": self.num_layers, "num_heads": self.num_heads,
-            "head_dim": self.head_dim, "use_residual": self.use_residual,
-            "hidden_units": self.hidden_units, "dropout": self.dropout}
-
 
 @registry.register("autoint", AutoIntBackboneConfig, doc="AutoInt (Song et al., 2019)")
-def build(cfg: AutoIntBackboneConfig, num_fields: int, embedding_dim: int) -> tf.keras.layers.Layer:
-  del num_fields, embedding_dim
+def build(cfg: AutoIntBackboneConfig, num_fields: int, embedding_dim: int,
+          tasks: tuple[str, ...]) -> tf.keras.layers.Layer:
+  del num_fields, embedding_dim, tasks
   return AutoInt(**dataclasses.asdict(cfg), name="autoint_backbone")

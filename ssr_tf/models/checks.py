@@ -1,6 +1,7 @@
 """Validation of backbone configs: each failure is a ConfigError naming the full key path."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 from ssr_tf.errors import ConfigError
@@ -13,6 +14,7 @@ class Checks:
     >>> c = Checks(cfg)                     # prefix "model.backbone"
     >>> c.at_least_one("num_layers", "num_heads")
     >>> c.widths("hidden_units"); c.rate("dropout"); c.choice("structure", ("stacked", "parallel"))
+    >>> c.unused("filter", "mode 'static' does not use it")
   """
 
   def __init__(self, cfg: Any, prefix: str = "model.backbone"):
@@ -50,3 +52,13 @@ class Checks:
     value = getattr(self.cfg, key)
     if value not in options:
       self.bad(key, f"must be one of {', '.join(map(repr, options))}, got {value!r}")
+
+  def unused(self, key: str, why: str) -> None:
+    """The key keeps its dataclass default: in this combination nothing reads it, and a
+    value given anyway would be silently ignored."""
+    field = next(f for f in dataclasses.fields(self.cfg) if f.name == key)
+    default = (field.default if field.default is not dataclasses.MISSING
+               else field.default_factory())
+    value = getattr(self.cfg, key)
+    if value != default:
+      self.bad(key, f"{why}: leave it out (default {default!r}), got {value!r}")

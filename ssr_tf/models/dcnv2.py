@@ -12,8 +12,9 @@ from typing import Optional
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from ssr_tf.models.checks import Checks
 from ssr_tf.models import registry
+from ssr_tf.models.base import BackboneLayer
+from ssr_tf.models.checks import Checks
 from ssr_tf.models.dnn import MLP
 
 
@@ -48,29 +49,26 @@ class DCNv2BackboneConfig:
 
 
 @tf.keras.utils.register_keras_serializable(package="ssr_tf")
-class DCNv2(tf.keras.layers.Layer):
+class DCNv2(BackboneLayer):
   """[batch, F, dim] -> [batch, H]; H = hidden_units[-1] (stacked) or F dim + hidden_units[-1]
   (parallel), or F dim without a deep network.
+
+  Takes DCNv2BackboneConfig's fields by keyword (see ssr_tf.models.base.BackboneLayer).
 
   Example:
     >>> DCNv2(num_cross_layers=2, hidden_units=[16])(tf.zeros([4, 5, 8])).shape  # [4, 16]
   """
 
-  def __init__(self, num_cross_layers=3, structure="stacked", projection_dim=None,
-               hidden_units=(400, 400), activation="relu", dropout=0.0, **kwargs):
+  config_cls = DCNv2BackboneConfig
+
+  def __init__(self, **kwargs):
     super().__init__(**kwargs)
-    if structure not in ("stacked", "parallel"):
-      raise ValueError(f"structure must be 'stacked' or 'parallel', got {structure!r}")
-    self.num_cross_layers = int(num_cross_layers)
-    self.structure = structure
-    self.projection_dim = projection_dim
-    self.hidden_units = list(hidden_units)
-    self.activation = activation
-    self.dropout = float(dropout)
-    self.cross = [tfrs.layers.dcn.Cross(projection_dim=projection_dim, name=f"cross_{i}")
-                  for i in range(self.num_cross_layers)]
-    self.deep = (MLP(self.hidden_units, activation, dropout, name="deep")
-                 if self.hidden_units else None)
+    c = self.cfg
+    self.cross = [tfrs.layers.dcn.Cross(projection_dim=c.projection_dim, name=f"cross_{i}")
+                  for i in range(c.num_cross_layers)]
+    self.deep = (MLP(hidden_units=c.hidden_units, activation=c.activation, dropout=c.dropout,
+                     batch_norm=False, name="deep")
+                 if c.hidden_units else None)
 
   def call(self, fields, training=None):
     x0 = tf.reshape(tf.cast(fields, self.compute_dtype),
@@ -80,25 +78,20 @@ class DCNv2(tf.keras.layers.Layer):
       x = layer(x0, x)                                              # [batch, d]
     if self.deep is None:
       return x
-    if self.structure == "stacked":
+    if self.cfg.structure == "stacked":
       return self.deep(x, training=training)                        # [batch, H]
     return tf.concat([x, self.deep(x0, training=training)], axis=-1)
 
   def flops_per_example(self, num_fields: int, embedding_dim: int) -> int:
     d = num_fields * embedding_dim
-    r = self.projection_dim
+    r = self.cfg.projection_dim
     per_cross = (2 * d * d if r is None else 4 * d * r) + 4 * d     # W x (or U, V), +b, *x0, +x
     deep = self.deep.flops_per_example(num_fields, embedding_dim) if self.deep else 0
-    return self.num_cross_layers * per_cross + deep
-
-  def get_config(self):
-    return {**super().get_config(), "num_cross_layers": self.num_cross_layers,
-            "structure": self.structure, "projection_dim": self.projection_dim,
-            "hidden_units": self.hidden_units, "activation": self.activation,
-            "dropout": self.dropout}
+    return self.cfg.num_cross_layers * per_cross + deep
 
 
 @registry.register("dcnv2", DCNv2BackboneConfig, doc="DCN-v2 (Wang et al., 2021), TFRS Cross")
-def build(cfg: DCNv2BackboneConfig, num_fields: int, embedding_dim: int) -> tf.keras.layers.Layer:
-  del num_fields, embedding_dim
+def build(cfg: DCNv2BackboneConfig, num_fields: int, embedding_dim: int,
+          tasks: tuple[str, ...]) -> tf.keras.layers.Layer:
+  del num_fields, embedding_dim, tasks
   return DCNv2(**dataclasses.asdict(cfg), name="dcnv2_backbone")

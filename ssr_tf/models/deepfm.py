@@ -16,8 +16,9 @@ import dataclasses
 
 import tensorflow as tf
 
-from ssr_tf.models.checks import Checks
 from ssr_tf.models import registry
+from ssr_tf.models.base import BackboneLayer
+from ssr_tf.models.checks import Checks
 from ssr_tf.models.dnn import MLP
 
 
@@ -50,23 +51,24 @@ def fm_second_order(fields: tf.Tensor) -> tf.Tensor:
 
 
 @tf.keras.utils.register_keras_serializable(package="ssr_tf")
-class DeepFM(tf.keras.layers.Layer):
+class DeepFM(BackboneLayer):
   """[batch, F, dim] -> [batch, hidden_units[-1] + 1 + use_first_order].
 
+  Takes DeepFMBackboneConfig's fields by keyword (see ssr_tf.models.base.BackboneLayer).
+
   Example:
-    >>> DeepFM([32, 16])(tf.zeros([4, 5, 8])).shape   # [4, 18]
+    >>> DeepFM(hidden_units=[32, 16])(tf.zeros([4, 5, 8])).shape   # [4, 18]
   """
 
-  def __init__(self, hidden_units=(400, 400, 400), activation="relu", dropout=0.0,
-               use_first_order=True, **kwargs):
+  config_cls = DeepFMBackboneConfig
+
+  def __init__(self, **kwargs):
     super().__init__(**kwargs)
-    self.hidden_units = list(hidden_units)
-    self.activation = activation
-    self.dropout = float(dropout)
-    self.use_first_order = bool(use_first_order)
-    self.deep = MLP(self.hidden_units, activation, dropout, name="deep")
+    c = self.cfg
+    self.deep = MLP(hidden_units=c.hidden_units, activation=c.activation, dropout=c.dropout,
+                    batch_norm=False, name="deep")
     self.linear = (tf.keras.layers.Dense(1, use_bias=False, name="first_order")
-                   if self.use_first_order else None)
+                   if c.use_first_order else None)
 
   def call(self, fields, training=None):
     fields = tf.cast(fields, self.compute_dtype)
@@ -80,16 +82,12 @@ class DeepFM(tf.keras.layers.Layer):
   def flops_per_example(self, num_fields: int, embedding_dim: int) -> int:
     d = num_fields * embedding_dim
     fm = 3 * d + 2 * embedding_dim            # sums, squares, difference
-    linear = 2 * d if self.use_first_order else 0
+    linear = 2 * d if self.cfg.use_first_order else 0
     return self.deep.flops_per_example(num_fields, embedding_dim) + fm + linear
-
-  def get_config(self):
-    return {**super().get_config(), "hidden_units": self.hidden_units,
-            "activation": self.activation, "dropout": self.dropout,
-            "use_first_order": self.use_first_order}
 
 
 @registry.register("deepfm", DeepFMBackboneConfig, doc="DeepFM (Guo et al., 2017)")
-def build(cfg: DeepFMBackboneConfig, num_fields: int, embedding_dim: int) -> tf.keras.layers.Layer:
-  del num_fields, embedding_dim
+def build(cfg: DeepFMBackboneConfig, num_fields: int, embedding_dim: int,
+          tasks: tuple[str, ...]) -> tf.keras.layers.Layer:
+  del num_fields, embedding_dim, tasks
   return DeepFM(**dataclasses.asdict(cfg), name="deepfm_backbone")

@@ -5,8 +5,9 @@ import dataclasses
 
 import tensorflow as tf
 
-from ssr_tf.models.checks import Checks
 from ssr_tf.models import registry
+from ssr_tf.models.base import BackboneLayer
+from ssr_tf.models.checks import Checks
 
 
 @dataclasses.dataclass
@@ -30,25 +31,40 @@ class DNNBackboneConfig:
     c.rate("dropout")
 
 
-@tf.keras.utils.register_keras_serializable(package="ssr_tf")
-class MLP(tf.keras.layers.Layer):
-  """[batch, ...] -> flatten -> (Dense -> [BN] -> act -> [Dropout]) x len(hidden_units)."""
+def mlp_flops(input_dim: int, hidden_units) -> int:
+  """FLOPs per example of Dense layers input_dim -> hidden_units (multiply-add = 2, + bias)."""
+  d, total = input_dim, 0
+  for u in hidden_units:
+    total += 2 * d * u + u
+    d = u
+  return total
 
-  def __init__(self, hidden_units=(400, 400, 400), activation="relu", dropout=0.0,
-               batch_norm=False, **kwargs):
+
+@tf.keras.utils.register_keras_serializable(package="ssr_tf")
+class MLP(BackboneLayer):
+  """[batch, ...] -> flatten -> (Dense -> [BN] -> act -> [Dropout]) x len(hidden_units).
+
+  Takes DNNBackboneConfig's fields by keyword (see ssr_tf.models.base.BackboneLayer); the
+  other backbones use it for their deep parts, naming every field they set.
+
+  Example:
+    >>> MLP(hidden_units=[32, 16])(tf.zeros([4, 5, 8])).shape   # [4, 16]
+  """
+
+  config_cls = DNNBackboneConfig
+
+  def __init__(self, **kwargs):
     super().__init__(**kwargs)
-    self.hidden_units = list(hidden_units)
-    self.activation = activation
-    self.dropout = float(dropout)
-    self.batch_norm = bool(batch_norm)
+    c = self.cfg
+    self.hidden_units = list(c.hidden_units)
     self.blocks = []
     for i, units in enumerate(self.hidden_units):
       block = [tf.keras.layers.Dense(units, name=f"dense_{i}")]
-      if batch_norm:
+      if c.batch_norm:
         block.append(tf.keras.layers.BatchNormalization(name=f"bn_{i}"))
-      block.append(tf.keras.layers.Activation(activation))
-      if dropout:
-        block.append(tf.keras.layers.Dropout(dropout))
+      block.append(tf.keras.layers.Activation(c.activation))
+      if c.dropout:
+        block.append(tf.keras.layers.Dropout(c.dropout))
       self.blocks.append(block)
 
   def call(self, x, training=None):
@@ -60,18 +76,11 @@ class MLP(tf.keras.layers.Layer):
     return x
 
   def flops_per_example(self, num_fields: int, embedding_dim: int) -> int:
-    d, total = num_fields * embedding_dim, 0
-    for u in self.hidden_units:
-      total += 2 * d * u + u
-      d = u
-    return total
-
-  def get_config(self):
-    return {**super().get_config(), "hidden_units": self.hidden_units,
-            "activation": self.activation, "dropout": self.dropout, "batch_norm": self.batch_norm}
+    return mlp_flops(num_fields * embedding_dim, self.hidden_units)
 
 
 @registry.register("dnn", DNNBackboneConfig, doc="Dense MLP baseline")
-def build(cfg: DNNBackboneConfig, num_fields: int, embedding_dim: int) -> tf.keras.layers.Layer:
-  del num_fields, embedding_dim
+def build(cfg: DNNBackboneConfig, num_fields: int, embedding_dim: int,
+          tasks: tuple[str, ...]) -> tf.keras.layers.Layer:
+  del num_fields, embedding_dim, tasks
   return MLP(**dataclasses.asdict(cfg), name="dnn_backbone")

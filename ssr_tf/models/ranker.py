@@ -2,6 +2,8 @@
 
 p_click = sigmoid(w_c . h_click);  independent: p_pay = sigmoid(w_p . h_pay);
 esmm: p_pay = p_click * sigmoid(w_v . h_pay). Pay is trained on the full sample space.
+A click-only data set (spec labels without pay, e.g. every Criteo conversion) gets no pay
+head, loss or metrics, and the model outputs click_prob alone.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ from ssr_tf.models import registry
 class RankingModel(tf.keras.Model):
   """Multi-task ranker with a pluggable backbone (``model.name``).
 
-  ``call`` returns ``{"click_prob": [batch], "pay_prob": [batch]}``; training uses the
-  logits for numerically stable losses.
+  ``call`` returns ``{"click_prob": [batch], "pay_prob": [batch]}`` (``pay_prob`` only when
+  the spec has a pay label); training uses the logits for numerically stable losses.
   """
 
   def __init__(self, spec: FeatureSpec, model_cfg: ModelConfig, **kwargs):
@@ -28,27 +30,34 @@ class RankingModel(tf.keras.Model):
     self.model_cfg = model_cfg
     self.pay_mode = model_cfg.pay_mode
     self.has_pay = spec.has_pay()
-    self.loss_weights = {t: float(model_cfg.loss_weights.get(t, 1.0)) for t in TASKS}
+    self.tasks = TASKS if self.has_pay else ("click",)
+    self.loss_weights = {t: float(model_cfg.loss_weights.get(t, 1.0)) for t in self.tasks}
     self.embedding = FeatureEmbedding(spec, model_cfg.embedding_dim, model_cfg.embedding_l2,
                                       name="embedding")
-    self.backbone = registry.build_backbone(model_cfg, len(spec.features))
+    self.backbone = registry.build_backbone(model_cfg, len(spec.features), self.tasks)
     self.click_head = tf.keras.layers.Dense(1, name="click_head")
-    self.pay_head = tf.keras.layers.Dense(1, name="pay_head")
+    self.pay_head = tf.keras.layers.Dense(1, name="pay_head") if self.has_pay else None
     self.loss_trackers = {k: tf.keras.metrics.Mean(name=k)
-                          for k in ("loss", "click_loss", "pay_loss")}
+                          for k in ("loss", *(f"{t}_loss" for t in self.tasks))}
     self.auc_metrics = {t: tf.keras.metrics.AUC(num_thresholds=2000, name=f"{t}_auc")
-                        for t in TASKS}
+                        for t in self.tasks}
 
   def logits(self, inputs: dict, training=None) -> dict:
-    """{'click': [batch], 'pay': [batch]}; pay is the CVR logit in esmm mode."""
+    """{'click': [batch], 'pay': [batch]} (no 'pay' without a pay label); pay is the CVR
+    logit in esmm mode."""
     fields = self.embedding(inputs, training=training)      # [batch, F, dim]
     h = self.backbone(fields, training=training)
-    h_click, h_pay = (h["click"], h["pay"]) if isinstance(h, dict) else (h, h)
-    return {"click": tf.squeeze(self.click_head(h_click), -1),
-            "pay": tf.squeeze(self.pay_head(h_pay), -1)}
+    if not isinstance(h, dict):
+      h = {t: h for t in self.tasks}
+    out = {"click": tf.squeeze(self.click_head(h["click"]), -1)}
+    if self.has_pay:
+      out["pay"] = tf.squeeze(self.pay_head(h["pay"]), -1)
+    return out
 
   def probabilities(self, logits: dict) -> dict:
     p_click = tf.sigmoid(logits["click"])
+    if "pay" not in logits:
+      return {"click_prob": p_click}
     p_pay = tf.sigmoid(logits["pay"])
     if self.pay_mode == "esmm":
       p_pay = p_click * p_pay
@@ -120,9 +129,8 @@ class RankingModel(tf.keras.Model):
   def metrics(self):
     """Losses and AUCs per task, then what layers report through ``add_metric`` (e.g.
     the memory layers' slot usage), so Keras logs and resets them all."""
-    tasks = TASKS if self.has_pay else ("click",)
-    own = ([self.loss_trackers["loss"]] + [self.loss_trackers[f"{t}_loss"] for t in tasks]
-           + [self.auc_metrics[t] for t in tasks])
+    own = ([self.loss_trackers["loss"]] + [self.loss_trackers[f"{t}_loss"] for t in self.tasks]
+           + [self.auc_metrics[t] for t in self.tasks])
     seen = {id(m) for m in [*self.loss_trackers.values(), *self.auc_metrics.values()]}
     added = [m for layer in self._flatten_layers() for m in layer._metrics  # pylint: disable=protected-access
              if id(m) not in seen]

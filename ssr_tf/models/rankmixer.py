@@ -17,8 +17,9 @@ import numpy as np
 import tensorflow as tf
 
 from ssr_tf.errors import ConfigError
-from ssr_tf.models.checks import Checks
 from ssr_tf.models import registry
+from ssr_tf.models.base import BackboneLayer
+from ssr_tf.models.checks import Checks
 
 
 @dataclasses.dataclass
@@ -64,37 +65,30 @@ def token_mix(x: tf.Tensor, heads: int) -> tf.Tensor:
 
 
 @tf.keras.utils.register_keras_serializable(package="ssr_tf")
-class RankMixer(tf.keras.layers.Layer):
+class RankMixer(BackboneLayer):
   """[batch, F, dim] -> [batch, D] (mean pooling) or [batch, T * D] (flatten).
+
+  Takes RankMixerBackboneConfig's fields by keyword (see ssr_tf.models.base.BackboneLayer).
 
   Example:
     >>> RankMixer(num_tokens=4, token_dim=16)(tf.zeros([2, 6, 8])).shape   # [2, 16]
   """
 
-  def __init__(self, num_tokens=8, token_dim=64, num_layers=2, ffn_mult=2, pooling="mean",
-               **kwargs):
-    super().__init__(**kwargs)
-    if token_dim % num_tokens:
-      raise ValueError(f"token_dim ({token_dim}) must be a multiple of num_tokens "
-                       f"({num_tokens})")
-    if pooling not in ("mean", "flatten"):
-      raise ValueError(f"pooling must be 'mean' or 'flatten', got {pooling!r}")
-    self.num_tokens = int(num_tokens)
-    self.token_dim = int(token_dim)
-    self.num_layers = int(num_layers)
-    self.ffn_mult = int(ffn_mult)
-    self.pooling = pooling
+  config_cls = RankMixerBackboneConfig
 
   def build(self, input_shape):
     num_fields, dim = int(input_shape[1]), int(input_shape[2])
-    self.groups = token_groups(num_fields, self.num_tokens)
-    t, d, h = self.num_tokens, self.token_dim, self.ffn_mult * self.token_dim
+    c = self.cfg
+    if c.num_tokens > num_fields:
+      raise ConfigError(num_tokens_error(c.num_tokens, num_fields))
+    self.groups = token_groups(num_fields, c.num_tokens)
+    t, d, h = c.num_tokens, c.token_dim, c.ffn_mult * c.token_dim
     self.tokenizers = [tf.keras.layers.Dense(d, name=f"tokenizer_{i}")
                        for i in range(t)]
     for i, g in enumerate(self.groups):
       self.tokenizers[i].build([None, len(g) * dim])
     self.blocks = []
-    for l in range(self.num_layers):
+    for l in range(c.num_layers):
       block = {
           "w1": self.add_weight(f"ffn_{l}_w1", shape=[t, d, h], initializer="glorot_uniform"),
           "b1": self.add_weight(f"ffn_{l}_b1", shape=[t, h], initializer="zeros"),
@@ -109,6 +103,7 @@ class RankMixer(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, fields, training=None):
+    c = self.cfg
     fields = tf.cast(fields, self.compute_dtype)                       # [batch, F, dim]
     tokens = []
     for g, proj in zip(self.groups, self.tokenizers):
@@ -116,33 +111,34 @@ class RankMixer(tf.keras.layers.Layer):
       tokens.append(proj(tf.reshape(group, [-1, len(g) * fields.shape[2]])))
     x = tf.stack(tokens, axis=1)                                       # [batch, T, D]
     for b in self.blocks:
-      s = b["ln_mix"](token_mix(x, self.num_tokens) + x)               # [batch, T, D]
+      s = b["ln_mix"](token_mix(x, c.num_tokens) + x)                  # [batch, T, D]
       hidden = tf.nn.gelu(tf.einsum("btd,tdh->bth", s, b["w1"]) + b["b1"])  # [batch, T, kD]
       x = b["ln_ffn"](tf.einsum("bth,thd->btd", hidden, b["w2"]) + b["b2"] + s)
-    if self.pooling == "mean":
+    if c.pooling == "mean":
       return tf.reduce_mean(x, axis=1)                                 # [batch, D]
-    return tf.reshape(x, [-1, self.num_tokens * self.token_dim])
+    return tf.reshape(x, [-1, c.num_tokens * c.token_dim])
 
   def flops_per_example(self, num_fields: int, embedding_dim: int) -> int:
-    t, d, h = self.num_tokens, self.token_dim, self.ffn_mult * self.token_dim
+    c = self.cfg
+    t, d, h = c.num_tokens, c.token_dim, c.ffn_mult * c.token_dim
     total = 2 * num_fields * embedding_dim * d + t * d          # tokenizers
     per_block = t * (2 * d * h + h + 8 * h + 2 * h * d + d)     # FFN (GELU ~8 per unit)
     per_block += 2 * t * d + 2 * 8 * t * d                      # residual adds + 2 LayerNorms
-    total += self.num_layers * per_block
-    if self.pooling == "mean":
+    total += c.num_layers * per_block
+    if c.pooling == "mean":
       total += t * d
     return total
 
-  def get_config(self):
-    return {**super().get_config(), "num_tokens": self.num_tokens, "token_dim": self.token_dim,
-            "num_layers": self.num_layers, "ffn_mult": self.ffn_mult, "pooling": self.pooling}
+
+def num_tokens_error(num_tokens: int, num_fields: int) -> str:
+  return (f"config key 'model.backbone.num_tokens': must be <= the number of fields "
+          f"({num_fields}), got {num_tokens}")
 
 
 @registry.register("rankmixer", RankMixerBackboneConfig, doc="RankMixer (Zhu et al., 2025)")
-def build(cfg: RankMixerBackboneConfig, num_fields: int,
-          embedding_dim: int) -> tf.keras.layers.Layer:
-  del embedding_dim
+def build(cfg: RankMixerBackboneConfig, num_fields: int, embedding_dim: int,
+          tasks: tuple[str, ...]) -> tf.keras.layers.Layer:
+  del embedding_dim, tasks
   if cfg.num_tokens > num_fields:
-    raise ConfigError(f"config key 'model.backbone.num_tokens': must be <= the number of "
-                      f"fields ({num_fields}), got {cfg.num_tokens}")
+    raise ConfigError(num_tokens_error(cfg.num_tokens, num_fields))
   return RankMixer(**dataclasses.asdict(cfg), name="rankmixer_backbone")

@@ -2,8 +2,10 @@
 
 A backbone is a Keras layer mapping field embeddings ``[batch, F, dim]`` to either one
 shared representation ``[batch, H]`` or a dict ``{"click": [batch, H], "pay": [batch, H]}``
-(per-task towers, e.g. MMoE). Each registers a typed config dataclass; the dict under
-``model.backbone`` in the experiment config is parsed into it with key-path errors.
+(per-task towers, e.g. MMoE). Each registers a typed config dataclass, the one home of
+its defaults; the dict under ``model.backbone`` in the experiment config is parsed into it
+with key-path errors, and the backbone layer is built from its fields
+(ssr_tf.models.base.BackboneLayer).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import difflib
 import importlib
 from typing import Any, Callable
 
-from ssr_tf.config import ModelConfig, from_dict
+from ssr_tf.config import TASKS, ModelConfig, from_dict
 from ssr_tf.errors import ConfigError
 
 
@@ -20,7 +22,9 @@ from ssr_tf.errors import ConfigError
 class Backbone:
   name: str
   config_cls: type
-  build: Callable[[Any, int, int], Any]   # (typed config, num_fields, embedding_dim) -> layer
+  # (typed config, num_fields, embedding_dim, tasks) -> layer; tasks: the heads the model
+  # trains, ("click",) or ("click", "pay")
+  build: Callable[[Any, int, int, tuple[str, ...]], Any]
   doc: str = ""
 
 
@@ -33,7 +37,7 @@ _MODULES = ("ssr_tf.models.ssr", "ssr_tf.models.dnn", "ssr_tf.models.deepfm",
 
 
 def register(name: str, config_cls: type, doc: str = ""):
-  """Decorator: registers `build(cfg, num_fields, embedding_dim) -> keras layer`."""
+  """Decorator: registers `build(cfg, num_fields, embedding_dim, tasks) -> keras layer`."""
   def wrap(fn):
     BACKBONES[name] = Backbone(name, config_cls, fn, doc)
     return fn
@@ -69,6 +73,9 @@ def backbone_config(model: ModelConfig) -> Any:
   return cfg
 
 
-def build_backbone(model: ModelConfig, num_fields: int) -> Any:
+def build_backbone(model: ModelConfig, num_fields: int,
+                   tasks: tuple[str, ...] = TASKS) -> Any:
+  """The backbone layer of `model.name` for `num_fields` fields; a per-task backbone (MMoE)
+  builds towers for `tasks` only."""
   entry = get(model.name)
-  return entry.build(backbone_config(model), num_fields, model.embedding_dim)
+  return entry.build(backbone_config(model), num_fields, model.embedding_dim, tuple(tasks))

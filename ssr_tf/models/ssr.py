@@ -6,31 +6,38 @@ from typing import Optional
 
 import tensorflow as tf
 
+from ssr_tf.errors import ConfigError
+from ssr_tf.models import registry
+from ssr_tf.models.base import BackboneLayer
 from ssr_tf.models.checks import Checks
 from ssr_tf.layers.ssr import SSRLayer
-from ssr_tf.models import registry
 
 
 @dataclasses.dataclass
 class SSRBackboneConfig:
   """SSR backbone settings (config key `model.backbone` when `model.name: ssr`).
 
+  The one home of the SSR defaults: SSRBackbone takes these fields, and SSRLayer's optional
+  arguments default to them.
+
   Attributes:
     mode: "static" (SSR-S, random gather) or "dynamic" (SSR-D, projection + ICS).
     num_layers: L, stacked SSR layers.
     num_views: b, parallel views per layer.
-    view_dim: d_v, output width of each view.
-    expanded_dim: d_v* for dynamic mode (default 2 * view_dim).
-    ics_iters: T, ICS rounds.
-    alpha_init: initial ICS extinction rate (paper: 0.1).
-    use_gamma: learn ICS's recovery scale gamma (paper: yes).
+    view_dim: d_v, output width of each view (static: at most the input width F * dim).
+    expanded_dim: d_v* for dynamic mode (null: 2 * view_dim).
+    ics_iters: T, ICS rounds (dynamic, filter: ics).
+    alpha_init: initial ICS extinction rate (paper: 0.1; dynamic, filter: ics).
+    use_gamma: learn ICS's recovery scale gamma (paper: yes; dynamic, filter: ics).
     activation: fusion activation (paper: gelu).
     residual: add the previous layer's output when widths match (off in the paper).
-    filter: "ics" (paper), "none" (dense projection; ablation), "topk" (straight-through
-      top-k, k = view_dim), "dropout" (dropout instead of a sparse filter).
+    filter: dynamic mode's filter: "ics" (paper), "none" (dense projection; ablation),
+      "topk" (straight-through top-k, k = view_dim), "dropout" (dropout instead of a sparse
+      filter).
     filter_rate: dropout rate for filter: dropout.
-    seed: seed of SSR-S index draws (layer l uses seed + l).
-    impl: "tf" (pure TF), "fused" (custom op, must load) or "auto".
+    seed: seed of SSR-S index draws and of the per-view initialisers (layer l uses seed + l).
+    impl: "auto" (the fused custom op when its library loaded, else pure TF with one
+      warning), "tf" (pure TF) or "fused" (custom op, must load).
   """
   mode: str = "dynamic"
   num_layers: int = 2
@@ -45,7 +52,7 @@ class SSRBackboneConfig:
   filter: str = "ics"
   filter_rate: float = 0.5
   seed: int = 0
-  impl: str = "tf"
+  impl: str = "auto"
 
   def validate(self) -> None:
     c = Checks(self)
@@ -56,33 +63,58 @@ class SSRBackboneConfig:
     if self.expanded_dim is not None and self.expanded_dim <= self.view_dim:
       c.bad("expanded_dim", f"must be > view_dim ({self.view_dim}), got {self.expanded_dim}")
     c.rate("filter_rate")
+    if self.mode == "static":
+      for key in ("filter", "filter_rate", "expanded_dim", "ics_iters", "alpha_init",
+                  "use_gamma"):
+        c.unused(key, "mode 'static' does not use it (a fixed gather: no projection, no "
+                      "filter)")
+      return
+    if self.filter != "dropout":
+      c.unused("filter_rate", f"only filter 'dropout' uses it, not filter {self.filter!r}")
+    if self.filter != "ics":
+      for key in ("ics_iters", "alpha_init", "use_gamma"):
+        c.unused(key, f"only filter 'ics' uses it, not filter {self.filter!r}")
+
+
+def check_input_width(cfg: SSRBackboneConfig, input_dim: int) -> None:
+  """SSR-S draws view_dim distinct dims of the first layer's input (F * dim wide)."""
+  if cfg.mode == "static" and cfg.view_dim > input_dim:
+    raise ConfigError(f"config key 'model.backbone.view_dim': mode 'static' gathers view_dim "
+                      f"distinct input dims, so it must be <= the input width (fields x "
+                      f"embedding_dim = {input_dim}), got {cfg.view_dim}")
 
 
 @tf.keras.utils.register_keras_serializable(package="ssr_tf")
-class SSRBackbone(tf.keras.layers.Layer):
-  """[batch, F, dim] -> concat -> L x SSRLayer -> [batch, num_views * view_dim]."""
+class SSRBackbone(BackboneLayer):
+  """[batch, F, dim] -> concat -> L x SSRLayer -> [batch, num_views * view_dim].
 
-  def __init__(self, mode="dynamic", num_layers=2, num_views=8, view_dim=32, expanded_dim=None,
-               ics_iters=5, alpha_init=0.1, use_gamma=True, activation="gelu", residual=False,
-               filter="ics", filter_rate=0.5, seed=0, impl="tf", **kwargs):  # pylint: disable=redefined-builtin
+  Takes SSRBackboneConfig's fields by keyword (see ssr_tf.models.base.BackboneLayer).
+  """
+
+  config_cls = SSRBackboneConfig
+
+  def __init__(self, **kwargs):
     super().__init__(**kwargs)
-    self.settings = dict(mode=mode, num_layers=num_layers, num_views=num_views,
-                         view_dim=view_dim, expanded_dim=expanded_dim, ics_iters=ics_iters,
-                         alpha_init=alpha_init, use_gamma=use_gamma, activation=activation,
-                         residual=residual, filter=filter, filter_rate=filter_rate, seed=seed,
-                         impl=impl)
-    self.residual = residual
+    c = self.cfg
     self.ssr_layers = [
-        SSRLayer(mode, num_views, view_dim, expanded_dim=expanded_dim, ics_iters=ics_iters,
-                 alpha_init=alpha_init, use_gamma=use_gamma, activation=activation,
-                 seed=seed + i, impl=impl, filter=filter, filter_rate=filter_rate,
-                 name=f"ssr_{i}")
-        for i in range(num_layers)]
+        SSRLayer(c.mode, c.num_views, c.view_dim, expanded_dim=c.expanded_dim,
+                 ics_iters=c.ics_iters, alpha_init=c.alpha_init, use_gamma=c.use_gamma,
+                 activation=c.activation, seed=c.seed + i, impl=c.impl, filter=c.filter,
+                 filter_rate=c.filter_rate, name=f"ssr_{i}")
+        for i in range(c.num_layers)]
+
+  @property
+  def residual(self) -> bool:
+    return self.cfg.residual
+
+  def build(self, input_shape):
+    check_input_width(self.cfg, int(input_shape[1]) * int(input_shape[2]))
+    super().build(input_shape)
 
   def call(self, fields, training=None):
     x = tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])   # [batch, F * dim]
     for layer in self.ssr_layers:
-      y = layer(x, training=training)
+      y = layer(x, training=training)                                 # [batch, views * view_dim]
       x = y + x if self.residual and y.shape[-1] == x.shape[-1] else y
     return x
 
@@ -93,11 +125,10 @@ class SSRBackbone(tf.keras.layers.Layer):
       d = layer.num_views * layer.view_dim
     return total
 
-  def get_config(self):
-    return {**super().get_config(), **self.settings}
-
 
 @registry.register("ssr", SSRBackboneConfig, doc="SSR-S / SSR-D (this paper)")
-def build(cfg: SSRBackboneConfig, num_fields: int, embedding_dim: int) -> tf.keras.layers.Layer:
-  del num_fields, embedding_dim
+def build(cfg: SSRBackboneConfig, num_fields: int, embedding_dim: int,
+          tasks: tuple[str, ...]) -> tf.keras.layers.Layer:
+  del tasks
+  check_input_width(cfg, num_fields * embedding_dim)
   return SSRBackbone(**dataclasses.asdict(cfg), name="ssr_backbone")

@@ -13,7 +13,7 @@ import tensorflow as tf
 from ssr_tf.models.checks import Checks
 from ssr_tf.layers.pkm import GATES, QUERY_NORMS, MemoryGate, ProductKeyMemory
 from ssr_tf.models import registry
-from ssr_tf.models.ssr import SSRBackbone, SSRBackboneConfig
+from ssr_tf.models.ssr import SSRBackbone, SSRBackboneConfig, check_input_width
 
 QUERY_SOURCES = ("input", "layer")
 
@@ -21,6 +21,9 @@ QUERY_SOURCES = ("input", "layer")
 @dataclasses.dataclass
 class MemoryConfig:
   """One memory layer of `model.backbone.memories` (model.name: ssr_msn).
+
+  The one home of the memory defaults: ProductKeyMemory's optional arguments default to
+  these fields.
 
   Attributes:
     after_layer: index of the SSR layer whose output the memory gates (-1: the flattened
@@ -90,15 +93,16 @@ class MSNBackboneConfig(SSRBackboneConfig):
 class MSNBackbone(SSRBackbone):
   """[batch, F, dim] -> SSR layers with gated PKM reads -> [batch, num_views * view_dim].
 
-  Takes every SSRBackbone argument plus `memories`, a list of MemoryConfig fields as dicts.
-  Memory j uses the backbone's `impl` for its sparse gather and seed `seed + 1000 + j`.
+  Takes MSNBackboneConfig's fields by keyword: every SSRBackbone setting plus `memories`,
+  a list of MemoryConfig (or their fields as dicts). Memory j uses the backbone's `impl`
+  for its sparse gather and seed `seed + 1000 + j`.
   """
 
-  def __init__(self, memories=(), **kwargs):
+  config_cls = MSNBackboneConfig
+
+  def __init__(self, **kwargs):
     super().__init__(**kwargs)
-    self.memory_cfgs = [m if isinstance(m, MemoryConfig) else MemoryConfig(**m)
-                        for m in memories]
-    impl, seed = self.settings["impl"], int(self.settings["seed"])
+    impl, seed = self.cfg.impl, self.cfg.seed
     self.memories = []
     self.gates = []
     for j, m in enumerate(self.memory_cfgs):
@@ -108,6 +112,10 @@ class MSNBackbone(SSRBackbone):
           track_usage=m.track_usage, usage_window=m.usage_window, impl=impl,
           seed=seed + 1000 + j, name=f"memory_{j}"))
       self.gates.append(MemoryGate(m.gate, name=f"memory_gate_{j}"))
+
+  @property
+  def memory_cfgs(self) -> list[MemoryConfig]:
+    return self.cfg.memories
 
   def _apply_memories(self, where: int, x, x0, training):
     for mem, gate, cfg in zip(self.memories, self.gates, self.memory_cfgs):
@@ -139,13 +147,11 @@ class MSNBackbone(SSRBackbone):
       total += gate.flops_per_example(width, cfg.value_dim)
     return total
 
-  def get_config(self):
-    return {**super().get_config(),
-            "memories": [dataclasses.asdict(m) for m in self.memory_cfgs]}
-
 
 @registry.register("ssr_msn", MSNBackboneConfig,
                    doc="SSR layers + MSN product-key memories with memory gating")
-def build(cfg: MSNBackboneConfig, num_fields: int, embedding_dim: int) -> tf.keras.layers.Layer:
-  del num_fields, embedding_dim
+def build(cfg: MSNBackboneConfig, num_fields: int, embedding_dim: int,
+          tasks: tuple[str, ...]) -> tf.keras.layers.Layer:
+  del tasks
+  check_input_width(cfg, num_fields * embedding_dim)
   return MSNBackbone(**dataclasses.asdict(cfg), name="ssr_msn_backbone")

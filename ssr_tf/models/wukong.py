@@ -12,8 +12,9 @@ import dataclasses
 
 import tensorflow as tf
 
-from ssr_tf.models.checks import Checks
 from ssr_tf.models import registry
+from ssr_tf.models.base import BackboneLayer
+from ssr_tf.models.checks import Checks
 from ssr_tf.models.dnn import MLP
 
 
@@ -47,10 +48,14 @@ class WukongBackboneConfig:
 
 @tf.keras.utils.register_keras_serializable(package="ssr_tf")
 class WukongLayer(tf.keras.layers.Layer):
-  """One Wukong layer, [batch, n_in, d] -> [batch, n_F + n_L, d]."""
+  """One Wukong layer, [batch, n_in, d] -> [batch, n_F + n_L, d].
 
-  def __init__(self, num_fm_embeddings=16, num_lc_embeddings=16, fm_rank=16,
-               fmb_units=(256,), activation="relu", **kwargs):
+  Args (all required; Wukong passes its config's values): num_fm_embeddings (n_F),
+  num_lc_embeddings (n_L), fm_rank (k), fmb_units, activation, as in WukongBackboneConfig.
+  """
+
+  def __init__(self, num_fm_embeddings: int, num_lc_embeddings: int, fm_rank: int,
+               fmb_units, activation: str, **kwargs):
     super().__init__(**kwargs)
     self.num_fm_embeddings = int(num_fm_embeddings)
     self.num_lc_embeddings = int(num_lc_embeddings)
@@ -66,7 +71,8 @@ class WukongLayer(tf.keras.layers.Layer):
                                    initializer="glorot_uniform")
     self.fm_norm = tf.keras.layers.LayerNormalization(name="fm_norm")
     self.fm_norm.build([None, n * self.fm_rank])
-    self.fm_mlp = MLP(self.fmb_units, self.activation, name="fm_mlp") if self.fmb_units else None
+    self.fm_mlp = (MLP(hidden_units=self.fmb_units, activation=self.activation, dropout=0.0,
+                       batch_norm=False, name="fm_mlp") if self.fmb_units else None)
     width = self.fmb_units[-1] if self.fmb_units else n * self.fm_rank
     self.fm_out = tf.keras.layers.Dense(self.num_fm_embeddings * d, name="fm_out")
     self.fm_out.build([None, width])
@@ -112,25 +118,26 @@ class WukongLayer(tf.keras.layers.Layer):
 
 
 @tf.keras.utils.register_keras_serializable(package="ssr_tf")
-class Wukong(tf.keras.layers.Layer):
+class Wukong(BackboneLayer):
   """[batch, F, dim] -> [batch, hidden_units[-1]] (or the flattened last layer).
+
+  Takes WukongBackboneConfig's fields by keyword (see ssr_tf.models.base.BackboneLayer).
 
   Example:
     >>> Wukong(num_layers=1, num_fm_embeddings=2, num_lc_embeddings=2, fm_rank=2,
     ...        fmb_units=[8], hidden_units=[4])(tf.zeros([3, 5, 8])).shape   # [3, 4]
   """
 
-  def __init__(self, num_layers=2, num_fm_embeddings=16, num_lc_embeddings=16, fm_rank=16,
-               fmb_units=(256,), hidden_units=(256, 128), activation="relu", **kwargs):
+  config_cls = WukongBackboneConfig
+
+  def __init__(self, **kwargs):
     super().__init__(**kwargs)
-    self.settings = dict(num_layers=int(num_layers), num_fm_embeddings=int(num_fm_embeddings),
-                         num_lc_embeddings=int(num_lc_embeddings), fm_rank=int(fm_rank),
-                         fmb_units=list(fmb_units), hidden_units=list(hidden_units),
-                         activation=activation)
-    self.wukong_layers = [WukongLayer(num_fm_embeddings, num_lc_embeddings, fm_rank,
-                                      fmb_units, activation, name=f"wukong_{i}")
-                          for i in range(int(num_layers))]
-    self.top = MLP(list(hidden_units), activation, name="top") if hidden_units else None
+    c = self.cfg
+    self.wukong_layers = [WukongLayer(c.num_fm_embeddings, c.num_lc_embeddings, c.fm_rank,
+                                      c.fmb_units, c.activation, name=f"wukong_{i}")
+                          for i in range(c.num_layers)]
+    self.top = (MLP(hidden_units=c.hidden_units, activation=c.activation, dropout=0.0,
+                    batch_norm=False, name="top") if c.hidden_units else None)
 
   def call(self, fields, training=None):
     x = tf.cast(fields, self.compute_dtype)                          # [batch, F, dim]
@@ -148,11 +155,9 @@ class Wukong(tf.keras.layers.Layer):
       total += self.top.flops_per_example(n, embedding_dim)
     return total
 
-  def get_config(self):
-    return {**super().get_config(), **self.settings}
-
 
 @registry.register("wukong", WukongBackboneConfig, doc="Wukong (Zhang et al., 2024)")
-def build(cfg: WukongBackboneConfig, num_fields: int, embedding_dim: int) -> tf.keras.layers.Layer:
-  del num_fields, embedding_dim
+def build(cfg: WukongBackboneConfig, num_fields: int, embedding_dim: int,
+          tasks: tuple[str, ...]) -> tf.keras.layers.Layer:
+  del num_fields, embedding_dim, tasks
   return Wukong(**dataclasses.asdict(cfg), name="wukong_backbone")
