@@ -48,19 +48,19 @@ def count_chunk(chunk: tuple, plan: sources.Plan) -> tuple[int, int, int]:
   cid, fi, start, end = chunk
   f = plan.files[fi]
   lines = rows = 0
-  with sources.open_binary(f.path) as fh:
-    if f.compressed:
-      if f.data_offset:
-        fh.readline()
-    else:
-      fh.seek(start)
-    pos = start
-    for raw in fh:
-      pos += len(raw)
-      lines += 1
-      rows += bool(raw.strip())
-      if end >= 0 and pos >= end:
-        break
+  try:
+    with sources.open_binary(f.path) as fh:
+      fh.seek(start)                # gzip: decompresses up to the header's end
+      pos = start
+      for raw in fh:
+        pos += len(raw)
+        lines += 1
+        rows += bool(raw.strip())
+        if end >= 0 and pos >= end:
+          break
+  except sources.READ_ERRORS as e:
+    last = f.first_line - 1 + lines if f.compressed else lines   # gzip: one chunk
+    raise sources.read_error(f.path, last, rows, e) from None
   return cid, lines, rows
 
 
@@ -280,8 +280,9 @@ def run(plan: sources.Plan, out_dir: str, runner: str = "DirectRunner",
     raise ConfigError("--spec is supported by --runner local only")
   options = beam.options.pipeline_options.PipelineOptions(list(beam_args or []),
                                                           runner=runner)
-  tmp = local.prepare_output(out_dir, overwrite)
+  created, tmp = local.missing_dirs(out_dir), None
   try:
+    tmp = local.prepare_output(out_dir, overwrite)
     os.makedirs(os.path.join(tmp, "_beam"))
     chunk_list = sources.chunks(plan, chunk_bytes)
     with beam.Pipeline(options=options) as p:
@@ -290,7 +291,7 @@ def run(plan: sources.Plan, out_dir: str, runner: str = "DirectRunner",
     shutil.rmtree(os.path.join(tmp, "_beam"))
     local.commit_output(tmp, out_dir)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    local.discard_output(tmp, created)
     raise
   return stats
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+from typing import Optional
 
 from ssr_tf.errors import DataError
 from ssr_tf.pipelines import outputs, sources, transforms
@@ -88,6 +89,16 @@ def find_time_thresholds(plan: sources.Plan) -> None:
   plan.split.auto_time = False
 
 
+def missing_dirs(out_dir: str) -> list[str]:
+  """`out_dir` and those of its parents that do not exist yet, deepest first: what
+  prepare_output will create, and discard_output removes again after a failure."""
+  out, d = [], os.path.abspath(out_dir)
+  while not os.path.lexists(d) and os.path.dirname(d) != d:
+    out.append(d)
+    d = os.path.dirname(d)
+  return out
+
+
 def prepare_output(out_dir: str, overwrite: bool) -> str:
   """Checks the output folder and returns a fresh temporary folder inside it."""
   names = ["train", "valid", "test", "vocab", "spec.yaml", "stats.json", "config.yaml"]
@@ -96,8 +107,26 @@ def prepare_output(out_dir: str, overwrite: bool) -> str:
     raise DataError(f"{out_dir}: already holds {present}; pass --overwrite to replace them")
   tmp = os.path.join(out_dir, ".convert-tmp")
   shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
+  try:
+    os.makedirs(tmp)
+  except OSError as e:
+    raise DataError(f"--output {out_dir}: cannot create the output folder "
+                    f"({e.strerror or e})") from None
   return tmp
+
+
+def discard_output(tmp: Optional[str], created: list[str]) -> None:
+  """After a failed conversion: removes the temporary folder and the folders this run
+  created (`missing_dirs` before prepare_output), so nothing is left behind. A folder
+  that existed before the run stays, with what it held: with --overwrite an earlier
+  conversion is replaced only by commit_output, after a conversion that succeeded."""
+  if tmp is not None:
+    shutil.rmtree(tmp, ignore_errors=True)
+  for d in created:                 # deepest first; stops at one that is not empty
+    try:
+      os.rmdir(d)
+    except OSError:
+      break
 
 
 def commit_output(tmp: str, out_dir: str) -> None:
@@ -117,12 +146,13 @@ def run(plan: sources.Plan, out_dir: str, overwrite: bool = False, progress: boo
   """Converts `plan`'s inputs into `out_dir`; returns the stats (also in stats.json)."""
   if plan.split.auto_time:
     find_time_thresholds(plan)
-  tmp = prepare_output(out_dir, overwrite)
+  created, tmp = missing_dirs(out_dir), None
   try:
+    tmp = prepare_output(out_dir, overwrite)
     stats = _convert(plan, tmp, out_dir, progress, progress_every)
     commit_output(tmp, out_dir)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    discard_output(tmp, created)
     raise
   return stats
 

@@ -4,13 +4,17 @@ Rows are numbered globally over the input files in the order given (train files,
 valid, then test files for pre-split inputs); blank lines are skipped and get no number,
 bad rows keep theirs. Lines split on ``\\n`` only (a trailing ``\\r`` is dropped), so a
 byte range of a file (a Beam chunk) yields exactly the lines the local reader sees.
-Quoted fields may contain the delimiter but not a newline.
+Quoted fields may contain the delimiter but not a newline. A UTF-8 byte order mark at the
+start of a file is skipped (it is not part of the first column's name or value). A ``.gz``
+file that ends early or is corrupt stops the conversion with a DataError naming the file
+and the last line read.
 """
 from __future__ import annotations
 
 import dataclasses
 import gzip
 import os
+import zlib
 from typing import Any, Callable, Iterator, Optional
 
 from ssr_tf.errors import ConfigError, DataError
@@ -30,7 +34,8 @@ class InputFile:
     source: -1 when the split rule decides, else 0/1/2 for a train/valid/test input file.
     delimiter: field separator.
     names: column names.
-    data_offset: byte offset of the first data line (after the header).
+    data_offset: byte offset of the first data line (after the header, or after a
+      UTF-8 byte order mark that starts a file without header).
     first_line: 1-based line number at data_offset.
     size: file size in bytes.
   """
@@ -109,31 +114,49 @@ class Plan:
     return schema_lib.RowParser(sch, f.names, f.delimiter, self.mapping.strip)
 
 
+BOM = b"\xef\xbb\xbf"      # UTF-8 byte order mark (Excel and some exporters write it)
+READ_ERRORS = (EOFError, OSError, zlib.error)   # gzip.BadGzipFile is an OSError
+
+
 def open_binary(path: str):
   return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
-def _first_line(path: str) -> tuple[Optional[str], int]:
-  """The first non-empty line of a file and the byte offset after it."""
-  with open_binary(path) as fh:
-    raw = fh.readline()
-    if not raw.strip():
-      return None, 0
-    try:
-      text = raw.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError:
-      raise DataError(f"{path}:1: not UTF-8 text") from None
-    return text, len(raw)
+def read_error(path: str, last_line: int, rows: int, err: BaseException) -> DataError:
+  """The DataError of a file that could not be read to its end (a truncated or corrupt
+  .gz, an I/O error), naming how far the read got."""
+  what = ("truncated or corrupt gzip data" if path.endswith(".gz") else "read error")
+  where = (f"after line {last_line} ({rows:,} rows read from this file)" if last_line
+           else "before the first line")
+  return DataError(f"{path}: {what} {where}: {err or type(err).__name__}")
+
+
+def _first_line(path: str) -> tuple[Optional[str], int, int]:
+  """The first line of a file (None when blank), the byte offset after it, and the
+  length of the UTF-8 byte order mark it starts with (0 or 3)."""
+  try:
+    with open_binary(path) as fh:
+      raw = fh.readline()
+  except READ_ERRORS as e:
+    raise read_error(path, 0, 0, e) from None
+  bom = len(BOM) if raw.startswith(BOM) else 0
+  if not raw[bom:].strip():
+    return None, 0, bom
+  try:
+    text = raw[bom:].decode("utf-8").rstrip("\r\n")
+  except UnicodeDecodeError:
+    raise DataError(f"{path}:1: not UTF-8 text") from None
+  return text, len(raw), bom
 
 
 def describe_file(m: schema_lib.Mapping, path: str, source: int) -> InputFile:
   if not os.path.isfile(path):
     raise DataError(f"{path}: input file not found")
-  first, after = _first_line(path)
+  first, after, bom = _first_line(path)
   if first is None:
     raise DataError(f"{path}: empty file (or empty first line)")
   delim, header, names = schema_lib.detect_layout(m, first, path)
-  return InputFile(path, source, delim, names, after if header else 0, 2 if header else 1,
+  return InputFile(path, source, delim, names, after if header else bom, 2 if header else 1,
                    os.path.getsize(path))
 
 
@@ -258,15 +281,20 @@ def chunks(plan: Plan, chunk_bytes: int) -> list[tuple[int, int, int, int]]:
 
 
 def read_chunk(plan: Plan, file_index: int, start: int, end: int, first_line: int):
-  """iter_lines over one chunk (end -1: to the end of a gzip file)."""
+  """iter_lines over one chunk (end -1: to the end of a gzip file). A file that cannot be
+  read to its end (a truncated .gz) raises a DataError naming the last line read."""
   f = plan.files[file_index]
-  fh = open_binary(f.path)
+  last, rows = first_line - 1, 0
   try:
-    if f.compressed:
-      if f.data_offset:
-        fh.readline()
-    else:
-      fh.seek(start)
-    yield from iter_lines(fh, start, None if end < 0 else end, first_line)
+    fh = open_binary(f.path)
+  except OSError as e:
+    raise read_error(f.path, 0, 0, e) from None
+  try:
+    fh.seek(start)                  # gzip: decompresses up to the header's end
+    for item in iter_lines(fh, start, None if end < 0 else end, first_line):
+      last, rows = item[0], rows + 1
+      yield item
+  except READ_ERRORS as e:
+    raise read_error(f.path, last, rows, e) from None
   finally:
     fh.close()

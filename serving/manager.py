@@ -209,6 +209,9 @@ class ModelManager:
   def acquire(self, name: str, version: Optional[int] = None) -> Servable:
     """The servable for a request (reference held until :meth:`release`)."""
     self._check_name(name)
+    if self._stop.is_set():          # stop() unloads every version: retry elsewhere
+      raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                         f"server is shutting down: model '{name}' is being unloaded")
     with self._lock:
       if version is None:
         s = self._current

@@ -7,7 +7,9 @@
 * ``POST /v1/models/NAME[/versions/V]:classify`` / ``:regress`` -> ``{"examples": [{feature:
   value}, ...], "context": {...}}``
 
-Errors are ``{"error": "..."}`` with an HTTP status derived from the gRPC code.
+Errors are ``{"error": "..."}`` with an HTTP status derived from the gRPC code. Bodies come
+with ``Content-Length`` or ``Transfer-Encoding: chunked``; a body that is not JSON, or nests
+deeper than Python can parse, is a 400.
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ class RestFrontEnd:
     self.core, self.max_body_bytes = core, max_body_bytes
     self.request_timeout_s = request_timeout_s
     self.in_flight = 0
+    self.draining = False          # set on SIGTERM: new requests get 503
     self._lock = threading.Lock()
 
   # -- verbs ---------------------------------------------------------------------------
@@ -210,6 +213,11 @@ def make_http_server(front: RestFrontEnd, host: str, port: int) -> http.server.T
       with front._lock:
         front.in_flight += 1
       try:
+        if front.draining:
+          self.close_connection = True
+          self._reply(503, {"error": "server is draining (shutting down); retry on another "
+                                     "replica"})
+          return
         m = _PATH.match(self.path.split("?")[0])
         if m is None:
           self._discard_body()
@@ -219,13 +227,9 @@ def make_http_server(front: RestFrontEnd, host: str, port: int) -> http.server.T
         if method == "GET":
           self._reply(200, front.get(m))
           return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > front.max_body_bytes:
-          self.close_connection = True
-          self._reply(429, {"error": f"request body of {length} bytes exceeds the limit of "
-                                     f"{front.max_body_bytes} (--max_message_bytes)"})
+        raw = self._read_body()
+        if raw is None:
           return
-        raw = self.rfile.read(length)
         try:
           body = json.loads(raw or b"{}")
         except ValueError as e:
@@ -233,6 +237,8 @@ def make_http_server(front: RestFrontEnd, host: str, port: int) -> http.server.T
         self._reply(200, front.post(m, body))
       except ServingError as e:
         self._reply(_HTTP.get(e.code, 500), {"error": e.message})
+      except RecursionError:   # JSON nested deeper than Python's parser recurses
+        self._reply(400, {"error": "request body nests JSON too deeply"})
       except Exception as e:   # never let a bad request kill the handler
         log.exception("REST request failed")
         self._reply(500, {"error": f"internal error: {type(e).__name__}: {e}"})
@@ -240,9 +246,58 @@ def make_http_server(front: RestFrontEnd, host: str, port: int) -> http.server.T
         with front._lock:
           front.in_flight -= 1
 
+    def _too_large(self, length: int) -> None:
+      self.close_connection = True
+      self._reply(429, {"error": f"request body of {length} bytes exceeds the limit of "
+                                 f"{front.max_body_bytes} (--max_message_bytes)"})
+
+    def _read_body(self) -> bytes | None:
+      """The request body (Content-Length or chunked); None when an error was sent."""
+      if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+        return self._read_chunked()
+      text = self.headers.get("Content-Length") or "0"
+      if not text.strip().isdigit():
+        self.close_connection = True   # the body's end is unknown
+        raise invalid(f"Content-Length {text!r} is not a byte count")
+      length = int(text)
+      if length > front.max_body_bytes:
+        self._too_large(length)
+        return None
+      return self.rfile.read(length)
+
+    def _read_chunked(self) -> bytes | None:
+      parts, total = [], 0
+      while True:
+        line = self.rfile.readline(1026)
+        try:
+          size = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+          self.close_connection = True
+          raise invalid(f"malformed chunk size line {line[:40]!r} in a chunked request "
+                        "body") from None
+        if size == 0:
+          while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+            pass                        # trailer fields
+          return b"".join(parts)
+        total += size
+        if total > front.max_body_bytes:
+          self._too_large(total)
+          return None
+        data = self.rfile.read(size)
+        if len(data) < size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
+          self.close_connection = True
+          raise invalid("truncated or malformed chunk in a chunked request body")
+        parts.append(data)
+
     def _discard_body(self) -> None:
-      length = int(self.headers.get("Content-Length") or 0)
-      if 0 < length <= front.max_body_bytes:
+      if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+        self.close_connection = True
+        return
+      text = self.headers.get("Content-Length") or "0"
+      length = int(text) if text.strip().isdigit() else -1
+      if length < 0 or length > front.max_body_bytes:
+        self.close_connection = True
+      elif length:
         self.rfile.read(length)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)

@@ -9,8 +9,8 @@ of tensorflow-serving-api, so stock TF Serving clients work unchanged::
 Flags follow ``tensorflow_model_server`` where it has one (``--enable_batching``,
 ``--batch_timeout_micros``, ``--file_system_poll_wait_seconds``,
 ``--tensorflow_intra_op_parallelism``...). Boolean flags take ``true``/``false``.
-SIGTERM / SIGINT drain: new calls are refused, in-flight ones finish (up to
-``--drain_seconds``), then the process exits 0.
+SIGTERM / SIGINT drain: new calls are refused with UNAVAILABLE (REST: 503), in-flight ones
+finish (up to ``--drain_seconds``), then the process exits 0.
 """
 from __future__ import annotations
 
@@ -99,37 +99,80 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
   return p
 
 
+class DrainGate:
+  """Counts the calls in flight; once closed (draining), refuses new ones.
+
+  gRPC's own shutdown cancels the calls that reach the server after it began (the client
+  sees CANCELLED, which retry policies do not retry), so draining happens here first:
+  calls that arrive after :meth:`close` get UNAVAILABLE, the others finish."""
+
+  def __init__(self):
+    self._cv = threading.Condition()
+    self.closed = False
+    self.in_flight = 0
+
+  def enter(self) -> bool:
+    """Counts a new call in; False (not counted) once draining."""
+    with self._cv:
+      if self.closed:
+        return False
+      self.in_flight += 1
+      return True
+
+  def leave(self) -> None:
+    with self._cv:
+      self.in_flight -= 1
+      self._cv.notify_all()
+
+  def close(self) -> None:
+    with self._cv:
+      self.closed = True
+
+  def wait_idle(self, timeout_s: float) -> int:
+    """Waits until no call is in flight (or `timeout_s`); returns how many remain."""
+    with self._cv:
+      self._cv.wait_for(lambda: self.in_flight == 0, timeout=max(timeout_s, 0.0))
+      return self.in_flight
+
+
+DRAINING = "server is draining (shutting down); retry on another replica"
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
   """tensorflow.serving.PredictionService over a ServingCore."""
 
-  def __init__(self, core: ServingCore):
-    self.core = core
+  def __init__(self, core: ServingCore, gate: Optional[DrainGate] = None):
+    self.core, self.gate = core, gate
 
   def Predict(self, request, context):  # noqa: N802 (gRPC method names)
-    return _call(context, lambda d: self.core.predict(request, d))
+    return _call(context, lambda d: self.core.predict(request, d), self.gate)
 
   def Classify(self, request, context):  # noqa: N802
-    return _call(context, lambda d: self.core.classify(request, d))
+    return _call(context, lambda d: self.core.classify(request, d), self.gate)
 
   def Regress(self, request, context):  # noqa: N802
-    return _call(context, lambda d: self.core.regress(request, d))
+    return _call(context, lambda d: self.core.regress(request, d), self.gate)
 
   def GetModelMetadata(self, request, context):  # noqa: N802
-    return _call(context, lambda d: self.core.metadata(request))
+    return _call(context, lambda d: self.core.metadata(request), self.gate)
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
   """tensorflow.serving.ModelService.GetModelStatus (HandleReloadConfigRequest: UNIMPLEMENTED)."""
 
-  def __init__(self, core: ServingCore):
-    self.core = core
+  def __init__(self, core: ServingCore, gate: Optional[DrainGate] = None):
+    self.core, self.gate = core, gate
 
   def GetModelStatus(self, request, context):  # noqa: N802
-    return _call(context, lambda d: self.core.status(request))
+    return _call(context, lambda d: self.core.status(request), self.gate)
 
 
-def _call(context: grpc.ServicerContext, fn: Callable[[Optional[float]], object]):
-  """Runs `fn(deadline)`; ServingError -> its status code, anything else -> INTERNAL."""
+def _call(context: grpc.ServicerContext, fn: Callable[[Optional[float]], object],
+          gate: Optional[DrainGate] = None):
+  """Runs `fn(deadline)`; ServingError -> its status code, anything else -> INTERNAL;
+  UNAVAILABLE once `gate` is draining."""
+  if gate is not None and not gate.enter():
+    context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
   remaining = context.time_remaining()
   # No client deadline shows up as None or as a huge number of seconds.
   deadline = None if remaining is None or remaining > 1e6 else time.monotonic() + remaining
@@ -140,6 +183,9 @@ def _call(context: grpc.ServicerContext, fn: Callable[[Optional[float]], object]
   except Exception as e:   # the server never dies on a request
     log.exception("request failed")
     context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+  finally:
+    if gate is not None:
+      gate.leave()
 
 
 class ModelServer:
@@ -163,6 +209,7 @@ class ModelServer:
     self.core = ServingCore(self.manager, self.batcher, args.max_request_rows)
     if args.enable_model_warmup:
       self.manager.warmup = self.core.warmup
+    self.gate = DrainGate()
     self.grpc_server: Optional[grpc.Server] = None
     self.http = None
     self.rest_front = None
@@ -180,9 +227,9 @@ class ModelServer:
                                               thread_name_prefix="grpc"),
         options=opts, maximum_concurrent_rpcs=a.max_concurrent_rpcs)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(self.core), self.grpc_server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.core),
-                                                              self.grpc_server)
+        PredictionServicer(self.core, self.gate), self.grpc_server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+        ModelServicer(self.core, self.gate), self.grpc_server)
     try:
       self.grpc_port = self.grpc_server.add_insecure_port(f"{a.host}:{a.port}")
     except RuntimeError as e:
@@ -211,22 +258,30 @@ class ModelServer:
                    "pid": os.getpid()}, f)
       os.replace(tmp, a.port_file)
 
-  def stop(self) -> None:
-    """Graceful stop: refuse new calls, finish in-flight ones, unload everything."""
+  def stop(self, stop_grpc: bool = True) -> None:
+    """Graceful stop: refuse new calls (UNAVAILABLE / 503), finish in-flight ones, unload
+    everything. `stop_grpc=False` leaves gRPC's listener open (still refusing every call)
+    for a process that exits right after: gRPC's own shutdown would cancel the calls in
+    transit (CANCELLED), a closed connection fails them with UNAVAILABLE."""
     a = self.args
     t0 = time.monotonic()
     log.info("Draining: refusing new requests, waiting up to %.0f s for in-flight ones",
              a.drain_seconds)
-    done = self.grpc_server.stop(grace=a.drain_seconds) if self.grpc_server else None
+    self.gate.close()
+    if self.rest_front is not None:
+      self.rest_front.draining = True
+    left = self.gate.wait_idle(a.drain_seconds)
+    if left:
+      log.warning("%d gRPC requests still in flight after %.0f s", left, a.drain_seconds)
     if self.http is not None:
       from ssr_tf.serving import rest
       self.http.shutdown()
-      left = rest.drain(self.rest_front, a.drain_seconds)
+      left = rest.drain(self.rest_front, max(a.drain_seconds - (time.monotonic() - t0), 0.0))
       if left:
         log.warning("%d REST requests still in flight after %.0f s", left, a.drain_seconds)
       self.http.server_close()
-    if done is not None:
-      done.wait(a.drain_seconds + 1)
+    if self.grpc_server is not None and stop_grpc:
+      self.grpc_server.stop(grace=1.0).wait(2.0)
     if self.batcher is not None:
       self.batcher.stop(timeout_s=a.drain_seconds)
       st = self.batcher.stats
@@ -265,5 +320,10 @@ def main(argv: list[str], prog: str = "ssr_tf serve") -> int:
   while not stop.wait(0.5):
     pass
   log.info("Received %s", received[0] if received else "stop")
-  server.stop()
-  return 0
+  server.stop(stop_grpc=False)
+  # Exit without gRPC's shutdown (see ModelServer.stop): nothing is in flight any more.
+  for h in logging.getLogger().handlers:
+    h.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(0)

@@ -368,7 +368,12 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
       if not isinstance(child, dict):
         raise ConfigError(f"override {item!r}: '{part}' is not a section")
       node = child
-    node[parts[-1]] = yaml.safe_load(text)
+    try:
+      node[parts[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+      why = str(getattr(e, "problem", None) or e).splitlines()[0]
+      raise ConfigError(f"override {key.strip()}: value {text!r} is not valid YAML "
+                        f"({why})") from None
   return raw
 
 

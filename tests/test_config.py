@@ -64,3 +64,12 @@ def test_exponent_floats_without_a_dot(tmp_path):
     load_config(write(tmp_path, "model: {embedding_l2: 1e-4x}\n"))
   with pytest.raises(ConfigError, match=r"'model.embedding_l2': expected float, got 'nan'"):
     load_config(write(tmp_path, "model: {embedding_l2: 'nan'}\n"))
+
+
+def test_override_value_not_yaml_names_the_key():
+  # also a row of tests/test_faults.py (exit 2 through the CLI)
+  with pytest.raises(ConfigError, match=r"override data\.batch_size: value '\[1' is not valid "
+                     r"YAML \(expected ',' or '\]'"):
+    load_config(None, ["data.batch_size=[1"])
+  with pytest.raises(ConfigError, match=r"override train\.x: .*not valid YAML"):
+    load_config(None, ["train.x=a: b: c"])

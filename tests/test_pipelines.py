@@ -405,3 +405,81 @@ def test_chunks_cover_every_line_once(tmp_path):
   assert pieces == whole + whole
   assert all(r0 + n == r1 for (r0, n), (r1, _) in zip(rows, rows[1:]))
   assert rows[-1][0] == 200
+
+
+# ---------------------------------------------------------------------------------------
+# Faults (also rows of tests/test_faults.py, through the CLI).
+
+
+def _criteo_lines(n: int) -> list[str]:
+  return ["\t".join([str(i % 2)] + [str((i * 7 + k) % 50) for k in range(13)]
+                    + [f"{(i * 31 + k) % 11:08x}" for k in range(26)]) for i in range(n)]
+
+
+def test_utf8_bom_is_not_part_of_the_first_column(tmp_path):
+  """A BOM before a Criteo TSV (no header; plain and .gz) or a CSV header converts like
+  the same file without it, also through the Beam runner's chunk counter."""
+  import gzip
+  from ssr_tf.pipelines import beam_pipeline, sources
+  bom = b"\xef\xbb\xbf"
+  text = "".join(l + "\n" for l in _criteo_lines(60)).encode()
+  (tmp_path / "plain.txt").write_bytes(text)
+  (tmp_path / "bom.txt").write_bytes(bom + text)
+  (tmp_path / "bom.txt.gz").write_bytes(gzip.compress(bom + text))
+  for name in ("plain.txt", "bom.txt", "bom.txt.gz"):
+    run("--format", "criteo", "--input", tmp_path / name, "--output", tmp_path / f"o_{name}")
+  for name in ("bom.txt", "bom.txt.gz"):
+    for f in ("train/part-00000.tfrecord.gz", "spec.yaml", "vocab/C1.txt"):
+      assert (tmp_path / f"o_{name}" / f).read_bytes() == \
+          (tmp_path / "o_plain.txt" / f).read_bytes(), (name, f)
+  m = schema.load_mapping("criteo")
+  plan = sources.make_plan("criteo", m, [str(tmp_path / "bom.txt"), str(tmp_path / "bom.txt.gz")],
+                           None, transforms.SplitRule(), sources.Options())
+  assert plan.files[0].names[0] == "label" and plan.files[0].data_offset == 3
+  for fi, f in enumerate(plan.files):
+    lines = list(sources.read_chunk(plan, fi, f.data_offset, -1, f.first_line))
+    assert lines[0][:2] == (1, _criteo_lines(1)[0]) and len(lines) == 60
+    assert beam_pipeline.count_chunk((0, fi, f.data_offset, -1), plan) == (0, 60, 60)
+  header = ["y,city,price", "1,a,1", "0,b,2", "1,c,3"]
+  (tmp_path / "bom.csv").write_bytes(bom + "".join(l + "\n" for l in header).encode())
+  stats = run("--format", "csv", "--mapping", _tiny_mapping(tmp_path), "--input",
+              tmp_path / "bom.csv", "--ratios", "1,0,0", "--output", tmp_path / "o_csv")
+  assert stats["rows"]["train"] == 3
+
+
+def test_truncated_gz_names_the_file_and_the_last_line_read(tmp_path):
+  import gzip
+  import zlib
+  data = gzip.compress("".join(l + "\n" for l in _criteo_lines(3000)).encode())
+  cut = data[:len(data) // 2]
+  (tmp_path / "t.txt.gz").write_bytes(cut)
+  complete = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(cut).count(b"\n")
+  assert 0 < complete < 3000
+  with pytest.raises(DataError, match=rf"t\.txt\.gz: truncated or corrupt gzip data after line "
+                     rf"{complete} \({complete:,} rows read from this file\): Compressed file "
+                     "ended before the end-of-stream marker was reached"):
+    run("--format", "criteo", "--input", tmp_path / "t.txt.gz", "--output",
+        tmp_path / "new" / "out")
+  assert not (tmp_path / "new").exists()          # the folders it created are gone
+  (tmp_path / "tiny.txt.gz").write_bytes(data[:15])
+  with pytest.raises(DataError, match=r"tiny\.txt\.gz: truncated or corrupt gzip data "
+                     "before the first line"):
+    run("--format", "criteo", "--input", tmp_path / "tiny.txt.gz", "--output", tmp_path / "o")
+
+
+def test_failed_convert_keeps_what_existed_before(tmp_path):
+  mapping = _tiny_mapping(tmp_path)
+  good = _write(tmp_path / "good.csv", ["y,city,price", "1,a,1", "0,b,2"])
+  bad = _write(tmp_path / "bad.csv", ["y,city,price", "1,a,1", "0,b,x"])
+  base = ["--format", "csv", "--mapping", mapping, "--ratios", "1,0,0"]
+  run(*base, "--input", good, "--output", tmp_path / "prior")
+  before = {p: p.read_bytes() for p in (tmp_path / "prior").rglob("*") if p.is_file()}
+  with pytest.raises(DataError, match="bad.csv:3"):
+    run(*base, "--input", bad, "--output", tmp_path / "prior", "--overwrite")
+  after = {p: p.read_bytes() for p in (tmp_path / "prior").rglob("*") if p.is_file()}
+  assert after == before                          # --overwrite replaces only on success
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / "notes.txt").write_text("kept\n")
+  with pytest.raises(DataError, match="bad.csv:3"):
+    run(*base, "--input", bad, "--output", tmp_path / "mine")
+  assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]

@@ -407,3 +407,47 @@ def test_score_cli_errors(server, tmp_path):
       w.write(e)
   with pytest.raises(DataError, match=r"bad.tfrecord records 3-4: INVALID_ARGUMENT: .*examples"):
     client_lib.main(["--server", server.target, "--input", str(garbage), "--batch_size", "2"])
+
+
+# ---------------------------------------------------------------------------------------
+# docs/serving.md's REST example, as written there, against an export with the demo's
+# features (`make demo`'s synthetic spec; an untrained tiny model: only the interface counts).
+
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                    "serving.md")
+
+
+def _docs_rest_example():
+  """(JSON body, URL path) of the `curl -s -d '{"signature_name": "predict_raw", ...}'`
+  example in docs/serving.md."""
+  import re
+  import urllib.parse
+  with open(DOCS) as f:
+    text = f.read()
+  m = re.search(r"curl -s -d '(\{\"signature_name\": \"predict_raw\".*?)' \\\n\s*(http://\S+)",
+                text, re.S)
+  assert m, "docs/serving.md: the predict_raw curl example is gone or reshaped"
+  return json.loads(m.group(1)), urllib.parse.urlsplit(m.group(2)).path
+
+
+@pytest.mark.slow     # ~25 s on the 2-core VM: the export's save and a second server
+def test_docs_rest_example_runs_against_a_demo_like_export(tmp_path):
+  from ssr_tf import synth
+  from ssr_tf.config import ModelConfig
+  from ssr_tf.export import export_saved_model
+  from ssr_tf.features import load_spec
+  from ssr_tf.models.ranker import build_model
+  body, path = _docs_rest_example()
+  data = tmp_path / "demo_like"
+  synth.write(synth.SynthConfig(rows=400, seed=0, shards=1), str(data))   # demo's flags
+  spec = load_spec(str(data / "spec.yaml"))
+  assert sorted(body["instances"][0]) == sorted(spec.feature_names)
+  model = build_model(spec, ModelConfig(name="dnn", embedding_dim=4,
+                                        backbone={"hidden_units": [8]}))
+  base = str(tmp_path / "export")
+  export_saved_model(model, spec, base)
+  with ServerProcess(base, ["--file_system_poll_wait_seconds=0"], rest=True) as srv:
+    code, out = _http(srv, path, body)
+  assert code == 200, out
+  assert set(out["predictions"][0]) == {"click_prob", "pay_prob"}
+  assert all(0.0 < v < 1.0 for v in out["predictions"][0].values())
