@@ -17,8 +17,11 @@ read it:
    back is admitted at once.
 2. Allocation: free rows first; when every row is taken, the rows whose ids were seen
    least recently (a per-row "last seen" step; ties go to the lower row) are taken from
-   them. Rows seen in the current batch are never evicted; ids that find no row in a
-   step use their fallback row for that step.
+   them. An eviction frees at least capacity / 64 rows at once (one top-k over the
+   last-seen steps); the rows not needed at once wait in a reserve for the next new ids,
+   so the O(capacity) search runs once per capacity / 64 admissions, not every step.
+   Rows seen in the current batch are never evicted; ids that find no row in a step use
+   their fallback row for that step.
 3. A row given to a new id is returned as ``reassigned`` so the caller resets its values
    and optimizer slots (FeatureEmbedding and RankingModel.train_step do).
 
@@ -32,6 +35,7 @@ import tensorflow as tf
 
 _EMPTY_KEY = -1     # the key of a missing value
 _SKETCH_DEPTH = 2
+EVICT_CHUNK_DIVISOR = 64    # an eviction frees at least capacity / 64 rows
 
 
 def fingerprint(values: tf.Tensor) -> tf.Tensor:
@@ -60,6 +64,7 @@ class DynamicIdTable(tf.keras.layers.Layer):
     self.admit_after = int(admit_after)
     self.fallback_rows = int(fallback_rows)
     self.sketch_width = max(2 * self.capacity, 1024)
+    self.evict_chunk = max(1, self.capacity // EVICT_CHUNK_DIVISOR)
     self.table = tf.lookup.experimental.MutableHashTable(
         tf.int64, tf.int64, default_value=-1, name=f"{self.name}_map")
 
@@ -82,6 +87,8 @@ class DynamicIdTable(tf.keras.layers.Layer):
     self.step = weight("step", [], tf.int64)                               # training calls
     self.admissions = weight("admissions", [], tf.int64)
     self.evictions = weight("evictions", [], tf.int64)
+    self.reserve = weight("reserve", [self.evict_chunk], tf.int64)         # freed slots
+    self.reserve_count = weight("reserve_count", [], tf.int64)
     self.sketch = (weight("sketch", [_SKETCH_DEPTH, self.sketch_width], tf.int32)
                    if self.admit_after > 1 else None)
     super().build(input_shape)
@@ -95,6 +102,8 @@ class DynamicIdTable(tf.keras.layers.Layer):
     return self.assign(keys)
 
   def _fallback(self, keys: tf.Tensor) -> tf.Tensor:
+    if self.fallback_rows == 1:
+      return tf.where(keys >= 0, tf.ones_like(keys), tf.zeros_like(keys))
     bucket = tf.strings.to_hash_bucket_fast(tf.strings.as_string(keys), self.fallback_rows)
     return tf.where(keys >= 0, bucket + 1, tf.zeros_like(keys))
 
@@ -122,16 +131,38 @@ class DynamicIdTable(tf.keras.layers.Layer):
     estimates = tf.reshape(tf.gather_nd(self.sketch, cells), [_SKETCH_DEPTH, -1])
     return tf.reduce_min(estimates, axis=0)
 
-  def _evict(self, needed: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
-    """Takes up to `needed` slots from the least recently seen ids (not this step's)."""
+  def _evict(self, short: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+    """Frees max(`short`, evict_chunk) rows of the least recently seen ids (never this
+    step's); returns `short` of them (fewer if too few are old enough) and keeps the rest
+    in the reserve for later steps."""
     def take():
-      k = tf.cast(tf.minimum(needed, self.capacity), tf.int32)
+      k = tf.cast(tf.minimum(tf.maximum(short, self.evict_chunk), self.capacity), tf.int32)
       _, slots = tf.math.top_k(-self.last_seen, k=k)        # oldest first, ties: lower slot
       slots = tf.cast(slots, tf.int64)
       slots = tf.boolean_mask(slots, tf.gather(self.last_seen, slots) < step)
       self.table.remove(tf.gather(self.slot_keys, slots))
-      return slots
-    return tf.cond(needed > 0, take, lambda: tf.zeros([0], tf.int64))
+      self.evictions.assign_add(tf.size(slots, out_type=tf.int64))
+      n = tf.minimum(short, tf.size(slots, out_type=tf.int64))
+      rest = slots[n:]
+      self.reserve.scatter_update(tf.IndexedSlices(rest, tf.range(tf.size(rest,
+                                                                          out_type=tf.int64))))
+      self.reserve_count.assign(tf.size(rest, out_type=tf.int64))
+      self.last_seen.scatter_update(tf.IndexedSlices(tf.fill(tf.shape(rest), step), rest))
+      return slots[:n]
+    return tf.cond(short > 0, take, lambda: tf.zeros([0], tf.int64))
+
+  def _allocate(self, wanted: tf.Tensor, step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(never used slots, slots taken from other ids) for up to `wanted` new ids."""
+    free = tf.minimum(wanted, self.capacity - self.used)
+    fresh = self.used + tf.range(free, dtype=tf.int64)
+    self.used.assign_add(free)
+    self.last_seen.scatter_update(tf.IndexedSlices(tf.fill(tf.shape(fresh), step), fresh))
+    count = self.reserve_count.read_value()
+    taken = tf.minimum(wanted - free, count)
+    reserved = self.reserve[count - taken:count][::-1]
+    self.reserve_count.assign_sub(taken)
+    evicted = self._evict(wanted - free - taken, step)
+    return fresh, tf.concat([reserved, evicted], axis=0)
 
   def assign(self, keys: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Training lookup: admits and places new ids, then returns (rows, reassigned rows)."""
@@ -152,25 +183,20 @@ class DynamicIdTable(tf.keras.layers.Layer):
                                                  tf.size(unique, out_type=tf.int32))
       estimates = self._count(new_keys, tf.boolean_mask(occurrences, candidates))
       new_keys = tf.boolean_mask(new_keys, estimates >= self.admit_after)
-    wanted = tf.size(new_keys, out_type=tf.int64)
-    free = tf.minimum(wanted, self.capacity - self.used)
-    fresh = self.used + tf.range(free, dtype=tf.int64)
-    self.used.assign_add(free)
-    self.last_seen.scatter_update(tf.IndexedSlices(tf.fill(tf.shape(fresh), step), fresh))
-    evicted = self._evict(wanted - free, step)
-    slots = tf.concat([fresh, evicted], axis=0)
+    fresh, reused = self._allocate(tf.size(new_keys, out_type=tf.int64), step)
+    slots = tf.concat([fresh, reused], axis=0)
     placed = new_keys[:tf.size(slots)]
     self.table.insert(placed, slots + self.first_row)
     self.slot_keys.scatter_update(tf.IndexedSlices(placed, slots))
-    self.last_seen.scatter_update(tf.IndexedSlices(tf.fill(tf.shape(evicted), step), evicted))
+    self.last_seen.scatter_update(tf.IndexedSlices(tf.fill(tf.shape(reused), step), reused))
     self.admissions.assign_add(tf.size(slots, out_type=tf.int64))
-    self.evictions.assign_add(tf.size(evicted, out_type=tf.int64))
     rows = tf.gather(self.lookup(unique), index)
-    return tf.reshape(rows, tf.shape(keys)), evicted + self.first_row
+    return tf.reshape(rows, tf.shape(keys)), reused + self.first_row
 
   def stats(self) -> dict[str, tf.Tensor]:
-    """Occupancy (share of rows taken), admissions and evictions so far."""
-    return {"occupancy": tf.cast(self.used, tf.float32) / float(self.capacity),
+    """Occupancy (share of rows held by admitted ids), admissions and evictions so far."""
+    held = self.used - self.reserve_count
+    return {"occupancy": tf.cast(held, tf.float32) / float(self.capacity),
             "admissions": self.admissions, "evictions": self.evictions}
 
   def get_config(self):
