@@ -18,8 +18,8 @@ def main() -> int:
   for i in range(len(records)):
     example = tf.train.Example.FromString(records[i])
     click = example.features.feature["click"].float_list.value[0]
-    print(json.dumps({"record": i, "click_prob": round(float(out["click_prob"][i]), 4),
-                      "pay_prob": round(float(out["pay_prob"][i]), 4), "label_click": click}))
+    scores = {k: round(float(v[i]), 4) for k, v in sorted(out.items())}  # click_prob[, pay_prob]
+    print(json.dumps({"record": i, **scores, "label_click": click}))
   assert "ssr_tf" not in sys.modules
   return 0
 

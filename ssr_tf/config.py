@@ -355,6 +355,13 @@ def to_dict(cfg: Any) -> dict:
   return dataclasses.asdict(cfg)
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+  """YAML's complaint in one line, with the line and column where it has them."""
+  why = str(getattr(e, "problem", None) or e).splitlines()[0]
+  mark = getattr(e, "problem_mark", None)
+  return f"{why} at line {mark.line + 1}, column {mark.column + 1}" if mark else why
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
   """Applies ``key.path=value`` strings (value parsed as YAML) to a raw config dict."""
   for item in overrides or []:
@@ -371,9 +378,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     try:
       node[parts[-1]] = yaml.safe_load(text)
     except yaml.YAMLError as e:
-      why = str(getattr(e, "problem", None) or e).splitlines()[0]
       raise ConfigError(f"override {key.strip()}: value {text!r} is not valid YAML "
-                        f"({why})") from None
+                        f"({yaml_problem(e)})") from None
   return raw
 
 
@@ -388,7 +394,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     try:
       raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-      raise ConfigError(f"config file {path}: not valid YAML ({e})") from None
+      raise ConfigError(f"config file {path}: not valid YAML ({yaml_problem(e)})") from None
   raw = apply_overrides(raw, overrides or [])
   cfg = from_dict(cls, raw)
   if hasattr(cfg, "validate"):

@@ -29,7 +29,7 @@ from typing import Optional
 
 import yaml
 
-from ssr_tf.config import TASKS, from_dict
+from ssr_tf.config import TASKS, from_dict, yaml_problem
 from ssr_tf.errors import ConfigError
 
 FEATURE_TYPES = ("categorical", "numeric", "multi_categorical")
@@ -251,7 +251,7 @@ def load_spec(path: str) -> FeatureSpec:
   try:
     raw = yaml.safe_load(p.read_text()) or {}
   except yaml.YAMLError as e:
-    raise ConfigError(f"feature spec {path}: not valid YAML ({e})") from None
+    raise ConfigError(f"feature spec {path}: not valid YAML ({yaml_problem(e)})") from None
   spec = from_dict(FeatureSpec, raw, path="")
   spec.validate(base_dir=p.resolve().parent, where=f"feature spec {path}")
   return spec

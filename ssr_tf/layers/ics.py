@@ -41,7 +41,7 @@ class ICS(tf.keras.layers.Layer):
   """
 
   def __init__(self, num_iters: int = 5, alpha_init: float = 0.1, use_gamma: bool = True,
-               impl: str = "tf", **kwargs):
+               impl: str = "auto", **kwargs):
     super().__init__(**kwargs)
     if num_iters < 1:
       raise ValueError(f"num_iters must be >= 1, got {num_iters}")
