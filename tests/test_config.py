@@ -73,3 +73,15 @@ def test_override_value_not_yaml_names_the_key():
     load_config(None, ["data.batch_size=[1"])
   with pytest.raises(ConfigError, match=r"override train\.x: .*not valid YAML"):
     load_config(None, ["train.x=a: b: c"])
+
+
+def test_docs_config_reference_is_current():
+  """docs/config.md is generated from the dataclasses: a key added without `make docs` fails."""
+  import importlib.util
+  import pathlib
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  spec = importlib.util.spec_from_file_location("config_reference",
+                                                repo / "scripts" / "config_reference.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert module.main(["--check", str(repo / "docs" / "config.md")]) == 0
