@@ -17,20 +17,25 @@ byte-identical for the same input and flags. Steps::
 Vocabulary counting is a keyed sum, so no worker holds more than its share of the
 values (one feature's sorted vocabulary is written by one worker). Bad rows are
 collected rather than raised; the driver fails after the run when they exceed
---skip_bad_rows, naming the same row as the local runner. The driver reads the inputs'
-headers and chunk boundaries and writes the metadata, so inputs and output must be on a
-file system it can reach (local or mounted).
+--skip_bad_rows, naming the same row as the local runner.
+
+Files are read and written through ``tf.io.gfile`` (and TensorFlow's TFRecordWriter),
+never with local file calls, so inputs and output may be on any file system TensorFlow
+knows: local, ``gs://`` (built into TensorFlow), ``ram://`` (in-process, for tests). Input
+paths with a scheme are read by sources.open_binary through gfile (plain local paths with
+Python's file objects, as in the local runner). The driver reads the inputs' headers and
+chunk boundaries and writes the metadata; the workers read chunks and write shards,
+vocabularies and their results (``.convert-tmp/_beam/*.pkl``) into the output folder.
 """
 from __future__ import annotations
 
 import copy
 import os
 import pickle
-import shutil
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from ssr_tf.errors import ConfigError, DataError
-from ssr_tf.pipelines import local, outputs, sources, transforms
+from ssr_tf.pipelines import outputs, sources, transforms
 from ssr_tf.pipelines.transforms import SPLITS
 
 
@@ -38,8 +43,9 @@ def _import_beam():
   try:
     import apache_beam as beam  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise ConfigError("the Beam runners need apache-beam: pip install 'ssr_tf[beam]' "
-                      "(or use --runner local)") from None
+    raise ConfigError("the Beam runners need apache-beam, in an environment of its own: "
+                      "pip install -r requirements-beam.txt (see docs/data.md; or use "
+                      "--runner local)") from None
   return beam
 
 
@@ -267,8 +273,108 @@ def build(p, plan: sources.Plan, chunk_list: list, out_dir: str) -> None:
 
 
 def _load(path: str) -> Any:
-  with open(path, "rb") as fh:
-    return pickle.load(fh)
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  with tf.io.gfile.GFile(path, "rb") as fh:
+    return pickle.loads(fh.read())
+
+
+# The output folder's life cycle, as local.py's (missing_dirs, prepare_output,
+# discard_output, commit_output) but through tf.io.gfile. The finished files are moved
+# into place one by one: gfile cannot rename a folder on ram://, and gs:// has no
+# folders to rename (each move is a copy and a delete there).
+
+def _gfile():
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  return tf.io.gfile, tf.errors.OpError
+
+
+def _is_root(d: str) -> bool:
+  """`/`, or the `scheme://authority` of a URL (a bucket: never created or removed)."""
+  if sources.is_url(d):
+    return "/" not in d.split("://", 1)[1]
+  return os.path.dirname(d) == d
+
+
+def _missing_dirs(out_dir: str) -> list[str]:
+  """`out_dir` and those of its parents that do not exist yet, deepest first."""
+  gfile, errors = _gfile()
+
+  def exists(d: str) -> bool:
+    try:
+      return gfile.exists(d)
+    except errors:                  # e.g. a parent is a file: nothing to create there
+      return True
+
+  d = out_dir.rstrip("/") if sources.is_url(out_dir) else os.path.abspath(out_dir)
+  out = []
+  while not _is_root(d) and not exists(d):
+    out.append(d)
+    d = os.path.dirname(d)
+  return out
+
+
+def _prepare_output(out_dir: str, overwrite: bool) -> str:
+  """Checks the output folder and returns a fresh temporary folder inside it."""
+  gfile, errors = _gfile()
+  names = ["train", "valid", "test", "vocab", "spec.yaml", "stats.json", "config.yaml"]
+  tmp = os.path.join(out_dir, ".convert-tmp")
+  try:
+    present = [n for n in names if gfile.exists(os.path.join(out_dir, n))]
+    if present and not overwrite:
+      raise DataError(f"{out_dir}: already holds {present}; pass --overwrite to replace "
+                      "them")
+    if gfile.exists(tmp):
+      gfile.rmtree(tmp)
+    gfile.makedirs(tmp)
+  except errors as e:
+    raise DataError(f"--output {out_dir}: cannot create the output folder "
+                    f"({e.message})") from None
+  return tmp
+
+
+def _discard_output(tmp: Optional[str], created: list[str]) -> None:
+  """After a failed conversion: removes the temporary folder and the (then empty)
+  folders this run created; an earlier conversion in out_dir stays as it was."""
+  gfile, errors = _gfile()
+  if tmp is not None:
+    try:
+      if gfile.exists(tmp):
+        gfile.rmtree(tmp)
+    except errors:
+      pass
+  for d in created:                 # deepest first; stops at one that is not empty
+    try:
+      if gfile.listdir(d):
+        break
+      gfile.rmtree(d)
+    except errors:
+      break
+
+
+def _move(src: str, dst: str) -> None:
+  """Moves file or folder `src` to `dst` (which does not exist), file by file."""
+  gfile, _ = _gfile()
+  if not gfile.isdir(src):
+    gfile.rename(src, dst)
+    return
+  gfile.makedirs(dst)
+  for name in sorted(gfile.listdir(src)):
+    name = name.rstrip("/")
+    _move(os.path.join(src, name), os.path.join(dst, name))
+
+
+def _commit_output(tmp: str, out_dir: str) -> None:
+  """Moves the finished outputs from the temporary folder into place (replacing an
+  earlier conversion's files and folders of the same names)."""
+  gfile, _ = _gfile()
+  for name in sorted(n.rstrip("/") for n in gfile.listdir(tmp)):
+    dst = os.path.join(out_dir, name)
+    if gfile.isdir(dst):
+      gfile.rmtree(dst)
+    elif gfile.exists(dst):
+      gfile.remove(dst)
+    _move(os.path.join(tmp, name), dst)
+  gfile.rmtree(tmp)
 
 
 def run(plan: sources.Plan, out_dir: str, runner: str = "DirectRunner",
@@ -280,18 +386,19 @@ def run(plan: sources.Plan, out_dir: str, runner: str = "DirectRunner",
     raise ConfigError("--spec is supported by --runner local only")
   options = beam.options.pipeline_options.PipelineOptions(list(beam_args or []),
                                                           runner=runner)
-  created, tmp = local.missing_dirs(out_dir), None
+  gfile, _ = _gfile()
+  created, tmp = _missing_dirs(out_dir), None
   try:
-    tmp = local.prepare_output(out_dir, overwrite)
-    os.makedirs(os.path.join(tmp, "_beam"))
+    tmp = _prepare_output(out_dir, overwrite)
+    gfile.makedirs(os.path.join(tmp, "_beam"))
     chunk_list = sources.chunks(plan, chunk_bytes)
     with beam.Pipeline(options=options) as p:
       build(p, plan, chunk_list, tmp)
     stats = _finish(plan, tmp, out_dir)
-    shutil.rmtree(os.path.join(tmp, "_beam"))
-    local.commit_output(tmp, out_dir)
+    gfile.rmtree(os.path.join(tmp, "_beam"))
+    _commit_output(tmp, out_dir)
   except BaseException:
-    local.discard_output(tmp, created)
+    _discard_output(tmp, created)
     raise
   return stats
 
@@ -317,7 +424,7 @@ def _finish(plan: sources.Plan, tmp: str, out_dir: str) -> dict:
     plan.split.auto_time = False
   for s in SPLITS:
     first = os.path.join(tmp, outputs.shard_name(s, 0, o.compression))
-    if not os.path.exists(first):
+    if not tf.io.gfile.exists(first):
       tf.io.gfile.makedirs(os.path.dirname(first))
       tf.io.TFRecordWriter(first, options=outputs.record_options(o.compression,
                                                                  o.gzip_level)).close()
@@ -331,7 +438,7 @@ def _finish(plan: sources.Plan, tmp: str, out_dir: str) -> dict:
     elif f.kind in ("categorical", "multi_categorical"):
       kept, distinct, o0, o1, o2 = fsum.get(i, (0, 0, 0, 0, 0))
       vocab = os.path.join(tmp, "vocab", f"{f.name}.txt")
-      if not os.path.exists(vocab):
+      if not tf.io.gfile.exists(vocab):
         outputs.write_vocab(vocab, [])
       summaries[f.name] = outputs.FeatureSummary(
           vocab_size=kept, distinct=distinct, oov=[o0, o1, o2],

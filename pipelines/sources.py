@@ -8,11 +8,16 @@ Quoted fields may contain the delimiter but not a newline. A UTF-8 byte order ma
 start of a file is skipped (it is not part of the first column's name or value). A ``.gz``
 file that ends early or is corrupt stops the conversion with a DataError naming the file
 and the last line read.
+
+A path with a scheme (``gs://bucket/...``, ``ram://...``: any file system TensorFlow
+knows) is read through ``tf.io.gfile``, so the Beam runner's driver and workers need no
+local copy; plain paths are read with Python's own file objects.
 """
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import os
 import zlib
 from typing import Any, Callable, Iterator, Optional
@@ -118,8 +123,89 @@ BOM = b"\xef\xbb\xbf"      # UTF-8 byte order mark (Excel and some exporters wri
 READ_ERRORS = (EOFError, OSError, zlib.error)   # gzip.BadGzipFile is an OSError
 
 
+def is_url(path: str) -> bool:
+  """Whether `path` names its file system by a scheme (gs://, ram://, ...)."""
+  return "://" in path
+
+
+class _GFileRaw(io.RawIOBase):
+  """A tf.io.gfile file as a raw binary stream (buffered by io.BufferedReader); its
+  TensorFlow errors are raised as OSError, like a local file's."""
+
+  def __init__(self, path: str):
+    super().__init__()
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    self.name = path
+    self._errors = tf.errors.OpError
+    self._fh = tf.io.gfile.GFile(path, "rb")
+
+  def readable(self) -> bool:
+    return True
+
+  def seekable(self) -> bool:
+    return True
+
+  def readinto(self, b) -> int:
+    try:
+      data = self._fh.read(len(b))
+    except self._errors as e:
+      raise OSError(e.message) from None
+    b[:len(data)] = data
+    return len(data)
+
+  def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+    try:
+      self._fh.seek(offset, whence)
+      return self._fh.tell()
+    except self._errors as e:
+      raise OSError(e.message) from None
+
+  def tell(self) -> int:
+    return self._fh.tell()
+
+  def close(self) -> None:
+    if not self.closed:
+      self._fh.close()
+    super().close()
+
+
+class _GzipReader(gzip.GzipFile):
+  """gzip.GzipFile over a file object it closes with itself."""
+
+  def __init__(self, fh):
+    super().__init__(fileobj=fh, mode="rb")
+    self._owned = fh
+
+  def close(self) -> None:
+    try:
+      super().close()
+    finally:
+      self._owned.close()
+
+
+def open_raw(path: str):
+  """The file's bytes as stored (no decompression), seekable."""
+  if is_url(path):
+    return io.BufferedReader(_GFileRaw(path), buffer_size=1 << 20)
+  return open(path, "rb")
+
+
 def open_binary(path: str):
-  return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+  if not is_url(path):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+  fh = open_raw(path)
+  return _GzipReader(fh) if path.endswith(".gz") else fh
+
+
+def _url_size(path: str) -> Optional[int]:
+  """Size of the file at URL `path`, None when there is no such file."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  try:
+    if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
+      return None
+    return tf.io.gfile.stat(path).length
+  except tf.errors.OpError as e:
+    raise DataError(f"{path}: cannot read the input file ({e.message})") from None
 
 
 def read_error(path: str, last_line: int, rows: int, err: BaseException) -> DataError:
@@ -150,14 +236,18 @@ def _first_line(path: str) -> tuple[Optional[str], int, int]:
 
 
 def describe_file(m: schema_lib.Mapping, path: str, source: int) -> InputFile:
-  if not os.path.isfile(path):
+  if is_url(path):
+    size = _url_size(path)
+  else:
+    size = os.path.getsize(path) if os.path.isfile(path) else None
+  if size is None:
     raise DataError(f"{path}: input file not found")
   first, after, bom = _first_line(path)
   if first is None:
     raise DataError(f"{path}: empty file (or empty first line)")
   delim, header, names = schema_lib.detect_layout(m, first, path)
   return InputFile(path, source, delim, names, after if header else bom, 2 if header else 1,
-                   os.path.getsize(path))
+                   size)
 
 
 def make_plan(fmt: str, mapping: schema_lib.Mapping, inputs: list[str],
@@ -263,7 +353,7 @@ def chunks(plan: Plan, chunk_bytes: int) -> list[tuple[int, int, int, int]]:
       out.append((len(out), fi, f.data_offset, -1))
       continue
     starts = [f.data_offset]
-    with open(f.path, "rb") as fh:
+    with open_raw(f.path) as fh:
       b = f.data_offset + chunk_bytes
       while b < f.size:
         fh.seek(b - 1)
