@@ -1,12 +1,28 @@
-"""Training callbacks: ICS sparsity per SSR layer (Figure 5), and a TensorBoard callback
-whose batch hook costs nothing on the steps it does not write.
+"""Training callbacks and the run files they write.
+
+Measurement: ICS sparsity per SSR layer (Figure 5), dynamic-id table use, and a
+TensorBoard callback whose batch hook costs nothing on the steps it does not write.
 
 sparsity_l = mean_{batch, view, dim} [h_l == 0];  magnitude_l = mean |h_l| over nonzeros,
 where h_l = ICS_l(x_l W_l^proj) is SSR layer l's filtered view tensor on a fixed probe batch.
+
+A run of `ssr_tf train` (ssr_tf/training.py): the best checkpoint by validation click AUC,
+early stopping and backups that survive a restart, exact parameter-server validation on
+the chief, and the run log (``progress.jsonl``, ``history.jsonl``, ``callbacks.json``),
+written with the file helpers below (JSON to a temporary file then renamed; JSON lines
+flushed and synced).
 """
 from __future__ import annotations
 
-from typing import Optional
+import json
+import logging
+import math
+import os
+import pathlib
+import shutil
+import threading
+import time
+from typing import Callable, Optional
 
 import tensorflow as tf
 
@@ -207,3 +223,237 @@ class DynamicIdLogger(tf.keras.callbacks.Callback):
     if self._writer is not None:
       self._writer.close()
       self._writer = None
+
+
+# ---------------------------------------------------------------------------------------
+# Run files.
+
+
+def atomic_write_text(path: pathlib.Path | str, text: str) -> None:
+  """Writes `text` to a temporary file beside `path`, then renames it over `path`."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def append_jsonl(path: pathlib.Path, record: dict) -> None:
+  """Appends one JSON line (flushed and synced; a reader skips a torn last line)."""
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+  """The records of a JSON-lines file ([] when absent); a torn line is skipped."""
+  if not path.exists():
+    return []
+  out = []
+  for line in path.read_text().splitlines():
+    try:
+      out.append(json.loads(line))
+    except ValueError:
+      continue
+  return out
+
+
+# ---------------------------------------------------------------------------------------
+# The callbacks of a training run (ssr_tf.training.train).
+
+
+class BestCheckpoint(tf.keras.callbacks.Callback):
+  """Saves the weights whenever `monitor` improves (or every epoch when there is no
+  validation data) through `save(checkpoint_number)`."""
+
+  def __init__(self, save: Callable[[int], None], monitor: str = "val_click_auc",
+               best: float = -math.inf):
+    super().__init__()
+    self.save = save
+    self.monitor = monitor
+    self.best = best
+    self.saves = 0
+
+  def on_epoch_end(self, epoch, logs=None):
+    value = (logs or {}).get(self.monitor)
+    if value is None or value > self.best:
+      self.best = value if value is not None else self.best
+      self.save(epoch + 1)
+      self.saves += 1
+
+
+class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
+  """EarlyStopping whose wait/best counters survive a restart (`state` from callbacks.json)."""
+
+  def __init__(self, state: Optional[dict] = None, **kwargs):
+    super().__init__(**kwargs)
+    self._resume_state = state
+
+  def on_train_begin(self, logs=None):
+    super().on_train_begin(logs)
+    if self._resume_state:
+      self.wait = int(self._resume_state["wait"])
+      self.best = float(self._resume_state["best"])
+      self.best_epoch = int(self._resume_state.get("best_epoch", 0))
+
+  def state(self) -> dict:
+    return {"wait": int(self.wait), "best": float(self.best), "best_epoch": int(self.best_epoch)}
+
+
+class ResumableBackup(tf.keras.callbacks.BackupAndRestore):
+  """BackupAndRestore that backs up every `every_steps` steps and at each epoch end,
+  counting steps (not callback calls, which differ with steps_per_execution), recording
+  the last step done, and, with parameter servers, after the in-flight steps finish.
+
+  Keras restores the backup in on_train_begin and continues at the step after the one
+  recorded; `on_backup(global_step, seconds)` is called after each backup.
+  """
+
+  def __init__(self, backup_dir: str, every_steps: int, steps_per_epoch: int,
+               coordinator=None, on_backup: Optional[Callable[[int, float], None]] = None,
+               on_restored: Optional[Callable[[], None]] = None):
+    super().__init__(backup_dir, save_freq=every_steps, delete_checkpoint=False)
+    self.every_steps = every_steps
+    self.steps_per_epoch = steps_per_epoch
+    self.coordinator = coordinator
+    self.on_backup = on_backup
+    self.on_restored = on_restored
+    self._done_in_epoch = 0
+    self._since_backup = 0
+
+  def on_train_begin(self, logs=None):
+    super().on_train_begin(logs)          # restores the backup, if any
+    if self.on_restored:
+      self.on_restored()
+
+  def on_epoch_begin(self, epoch, logs=None):
+    super().on_epoch_begin(epoch, logs)
+    self._done_in_epoch = None
+
+  def on_train_batch_begin(self, batch, logs=None):
+    if self._done_in_epoch is None:       # first call of the epoch: resume offset
+      self._done_in_epoch = int(batch)
+
+  def on_train_batch_end(self, batch, logs=None):
+    # `batch` is the index of the last step this call ran.
+    batch = int(batch)
+    ran = batch + 1 - self._done_in_epoch
+    self._done_in_epoch = batch + 1
+    self._since_backup += ran
+    if self._since_backup >= self.every_steps and batch + 1 < self.steps_per_epoch:
+      self._save(self._current_epoch, batch)
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._save(epoch, self.steps_per_epoch - 1)
+
+  def _save(self, epoch: int, batch: int) -> None:
+    epoch, batch = int(epoch), int(batch)
+    if self.coordinator is not None:
+      self.coordinator.join()             # no step in flight while the state is read
+    self._since_backup = 0
+    state = self._training_state
+    state._ckpt_saved_epoch.assign(epoch)   # pylint: disable=protected-access
+    state._ckpt_saved_batch.assign(batch)   # pylint: disable=protected-access
+    start = time.perf_counter()
+    state.back_up(epoch=epoch, batch=batch)
+    seconds = time.perf_counter() - start
+    if self.on_backup:
+      self.on_backup(epoch * self.steps_per_epoch + batch + 1, seconds)
+
+
+class CoordinatorValidation(tf.keras.callbacks.Callback):
+  """parameter_server validation on the chief, exact: after each epoch the trained
+  weights are copied (through a checkpoint: sharded tables are saved whole) into a
+  single-device copy of the model, which evaluates the whole validation split and adds
+  ``val_*`` to the epoch logs. (Keras's own evaluation under parameter servers either
+  visits records a varying number of times or, exactly, refuses models whose metrics are
+  not compiled metrics, as the ranker's are not.)"""
+
+  def __init__(self, eval_model: tf.keras.Model, dataset: tf.data.Dataset, tmp_dir: str,
+               coordinator=None):
+    super().__init__()
+    self.eval_model = eval_model
+    self.dataset = dataset
+    self.tmp_dir = tmp_dir
+    self.coordinator = coordinator
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self.coordinator is not None:
+      self.coordinator.join()
+    path = tf.train.Checkpoint(model=self.model).write(os.path.join(self.tmp_dir, "weights"))
+    results: dict = {}
+
+    def evaluate() -> None:
+      # A fresh thread is outside fit's strategy scope, so the copy runs on this host.
+      tf.train.Checkpoint(model=self.eval_model).read(path).expect_partial()
+      results.update(self.eval_model.evaluate(self.dataset, verbose=0, return_dict=True))
+
+    worker = threading.Thread(target=evaluate, name="ssr_tf_validation")
+    worker.start()
+    worker.join()
+    shutil.rmtree(self.tmp_dir, ignore_errors=True)
+    if not results:
+      raise RuntimeError("parameter-server validation on the chief failed (see the log)")
+    if logs is not None:
+      logs.update({f"val_{k}": float(v) for k, v in results.items()})
+
+
+def resume_point(backup_dir: str, steps_per_epoch: int) -> tuple[int, int]:
+  """(epoch, step in epoch) a run restoring `backup_dir` continues at, as Keras computes
+  it from the saved epoch and batch; (0, 0) without a backup."""
+  latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+  if not latest:
+    return 0, 0
+  reader = tf.train.load_checkpoint(latest)
+  epoch = int(reader.get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+  batch = int(reader.get_tensor("ckpt_saved_batch/.ATTRIBUTES/VARIABLE_VALUE"))
+  if batch < 0:
+    return max(epoch, 0), 0
+  if batch >= steps_per_epoch - 1:
+    return epoch + 1, 0
+  return epoch, batch + 1
+
+
+class RunLog(tf.keras.callbacks.Callback):
+  """Chief-only bookkeeping: progress events, per-epoch history, callback state."""
+
+  def __init__(self, model_dir: pathlib.Path, start: dict, write: bool,
+               state_fn: Callable[[], dict]):
+    super().__init__()
+    self.dir = model_dir
+    self.start = start
+    self.write = write
+    self.state_fn = state_fn
+
+  def event(self, record: dict) -> None:
+    if self.write:
+      append_jsonl(self.dir / "progress.jsonl", {"time": round(time.time(), 3), **record})
+
+  def backup(self, global_step: int, seconds: float) -> None:
+    """Called by ResumableBackup after each backup (its cost grows with the tables:
+    model, optimizer slots and dynamic-id maps; see README, Scale)."""
+    logging.info("ssr_tf: backup at step %d took %.2f s", global_step, seconds)
+    self.event({"event": "backup", "global_step": global_step,
+                "seconds": round(seconds, 3)})
+
+  def restored(self) -> None:
+    """Called by ResumableBackup once the backup (if any) is restored."""
+    self.event({"event": "start", **self.start,
+                "optimizer_iterations": int(self.model.optimizer.iterations.numpy())})
+
+  def on_epoch_end(self, epoch, logs=None):
+    if not self.write:
+      return
+    append_jsonl(self.dir / "history.jsonl",
+                 {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
+    path = self.dir / "callbacks.json"
+    states = json.loads(path.read_text()) if path.exists() else {}
+    states[str(epoch)] = self.state_fn()
+    atomic_write_text(path, json.dumps(states))
+
+  def on_train_end(self, logs=None):
+    self.event({"event": "end",
+                "optimizer_iterations": int(self.model.optimizer.iterations.numpy())})

@@ -8,7 +8,8 @@ evaluation.
 Training reads :func:`train_stream`: one endless stream of epochs, each shuffled with a
 seed derived from (seed, epoch), cut into equal batches. Its position is a pure function
 of the global step, so a restarted run skips exactly the records the restored state has
-already trained on (see docs/distributed.md).
+already trained on (see docs/distributed.md). :func:`inputs` builds what `ssr_tf train`
+passes to ``fit`` under a tf.distribute strategy.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
+from ssr_tf import distribute
+from ssr_tf.config import ExperimentConfig
 from ssr_tf.errors import DataError
 from ssr_tf.features import Feature, FeatureSpec
 
@@ -315,3 +318,56 @@ def make_dataset(pattern: str, spec: FeatureSpec, batch_size: int, *, training: 
   options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
   options.deterministic = deterministic or not training
   return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------------------
+# The inputs of `ssr_tf train`.
+
+
+def validation_batch_size(records: int, global_batch: int, replicas: int) -> int:
+  """The validation batch: `global_batch`, or the nearest smaller multiple of `replicas`
+  whose last batch still gives every replica at least one record (the ranker's
+  per-replica mean losses are NaN on an empty batch)."""
+  batch = global_batch
+  while replicas > 1 and batch > replicas and 0 < records % batch < replicas:
+    batch -= replicas
+  return batch
+
+
+def inputs(cfg: ExperimentConfig, spec: FeatureSpec, strategy: tf.distribute.Strategy,
+           global_batch: int, start_step: int, counts: list[int],
+           count_cache: Optional[str]):
+  """(train input, validation input) for `fit` under `strategy`.
+
+  Training: synchronous strategies get a ``distribute_datasets_from_function`` input, so
+  each input pipeline (one per worker) reads its own shards and parses its own batches;
+  parameter servers get a DatasetCreator (one stream per worker). Validation: the whole
+  split in global batches, which Keras splits across the replicas (auto-sharding off:
+  with multi_worker_mirrored every worker evaluates every batch, so no worker runs out
+  of data early and sees an empty batch; metric values are unaffected).
+  """
+  d = cfg.data
+  common = dict(shuffle_buffer=d.shuffle_buffer, seed=cfg.train.seed,
+                deterministic=d.deterministic, compression=d.compression,
+                cycle_length=d.cycle_length)
+  is_ps = distribute.is_parameter_server(strategy)
+
+  def train_fn(ctx: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+    batch = ctx.get_per_replica_batch_size(global_batch) if ctx else global_batch
+    return train_stream(d.train, spec, batch, key="data.train", input_context=ctx,
+                        start_step=0 if is_ps else start_step, counts=counts,
+                        count_cache=count_cache, per_worker_seed=is_ps, check=False, **common)
+
+  valid = None
+  if d.valid:
+    valid_files = list_files(d.valid, "data.valid")
+    check_records(valid_files, spec, "data.valid", d.compression)
+    records = sum(count_records(valid_files, d.compression, count_cache))
+    batch = validation_batch_size(records, global_batch, strategy.num_replicas_in_sync)
+    valid = make_dataset(d.valid, spec, batch, training=False, key="data.valid", check=False,
+                         **common)
+  if cfg.distribution.strategy == "default":
+    return train_fn(), valid
+  if is_ps:
+    return tf.keras.utils.experimental.DatasetCreator(train_fn, distribute.input_options()), valid
+  return strategy.distribute_datasets_from_function(train_fn, distribute.input_options()), valid

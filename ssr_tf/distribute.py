@@ -13,6 +13,10 @@ One ``distribution:`` config section picks the strategy:
   coordinator (a ``ClusterCoordinator`` schedules steps on the workers); worker and ps
   tasks run the same command, which starts their server and blocks.
 
+The learning-rate scaling and warm-up that a larger global batch calls for
+(``distribution.lr_scaling``, ``lr_warmup_steps``) are built with every other rate in
+ssr_tf/schedules.py.
+
 Gradients are averaged over replicas (the model's per-replica losses are batch means),
 and embedding gradients stay ``tf.IndexedSlices`` through the all-reduce: the check in
 :class:`DistributedGradients` fails (``sparse_gradients: require``) if a table's gradient
@@ -23,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import socket
@@ -196,14 +199,6 @@ def task_info(strategy: tf.distribute.Strategy) -> tuple[str, int]:
   return resolver.task_type or "chief", int(resolver.task_id or 0)
 
 
-def num_workers(strategy: tf.distribute.Strategy) -> int:
-  """Workers taking part in synchronous training (input pipelines of
-  distribute_datasets_from_function): chief + worker tasks, or 1."""
-  resolver = getattr(strategy, "cluster_resolver", None)
-  spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
-  return max(1, len(spec.get("chief", [])) + len(spec.get("worker", [])))
-
-
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
   """Whether this process writes the shared outputs (config, state, best checkpoint)."""
   if is_parameter_server(strategy):
@@ -301,7 +296,7 @@ def shard_report(model: tf.keras.Model) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------------------------------
-# Batch size and learning rate.
+# Batch size (the learning rate it scales: ssr_tf/schedules.py).
 
 
 def global_batch_size(dist: DistributionConfig, data_batch: int, replicas: int) -> int:
@@ -314,38 +309,6 @@ def global_batch_size(dist: DistributionConfig, data_batch: int, replicas: int) 
                       f"split evenly across {replicas} replicas; use a multiple of {replicas} "
                       "or set distribution.per_replica_batch_size")
   return data_batch
-
-
-def lr_factor(dist: DistributionConfig, global_batch: int, data_batch: int) -> float:
-  """rule(global_batch / reference): 1 (none), the ratio (linear) or its square root (sqrt)."""
-  ratio = global_batch / float(dist.lr_reference_batch_size or data_batch)
-  return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[dist.lr_scaling]
-
-
-@tf.keras.utils.register_keras_serializable(package="ssr_tf")
-class WarmupLearningRate(tf.keras.optimizers.schedules.LearningRateSchedule):
-  """Linear ramp from `initial` to `target` over `warmup_steps` steps, then `target`."""
-
-  def __init__(self, initial: float, target: float, warmup_steps: int):
-    super().__init__()
-    self.initial = float(initial)
-    self.target = float(target)
-    self.warmup_steps = int(warmup_steps)
-
-  def __call__(self, step):
-    frac = tf.minimum(tf.cast(step, tf.float32) / float(max(self.warmup_steps, 1)), 1.0)
-    return self.initial + (self.target - self.initial) * frac
-
-  def get_config(self):
-    return {"initial": self.initial, "target": self.target, "warmup_steps": self.warmup_steps}
-
-
-def learning_rate(dist: DistributionConfig, base_lr: float, global_batch: int, data_batch: int):
-  """The optimizer's learning rate (a float, or a warm-up schedule) and the scale factor."""
-  factor = lr_factor(dist, global_batch, data_batch)
-  if dist.lr_warmup_steps and factor != 1.0:
-    return WarmupLearningRate(base_lr, base_lr * factor, dist.lr_warmup_steps), factor
-  return base_lr * factor, factor
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""StepTensorBoard writes what stock TensorBoard writes, without per-batch work between."""
+"""StepTensorBoard writes what stock TensorBoard writes, without per-batch work between;
+the callbacks of a training run (best checkpoint, resumable early stopping, run log)."""
 import json
+import math
 import pathlib
 
 import numpy as np
@@ -7,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from ssr_tf.bench import hooks
-from ssr_tf.callbacks import StepTensorBoard
+from ssr_tf.callbacks import (BestCheckpoint, ResumableEarlyStopping, RunLog, StepTensorBoard,
+                              read_jsonl)
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 
@@ -98,3 +101,57 @@ def test_bench_hooks_rejects_bad_counts(capsys):
       hooks.main(argv)
     assert exit_info.value.code == 2
     assert "need --steps >= 2" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# The callbacks of a training run, driven by hand.
+
+
+def test_best_checkpoint_saves_on_strict_gains_only():
+  saved = []
+  best = BestCheckpoint(saved.append, "val_click_auc")
+  for epoch, auc in enumerate([0.60, 0.62, 0.62, 0.61, 0.65]):
+    best.on_epoch_end(epoch, {"val_click_auc": auc})
+  assert saved == [1, 2, 5] and best.best == 0.65 and best.saves == 3
+  every = BestCheckpoint(saved.append, "none")          # no validation: every epoch
+  every.on_epoch_end(0, {"loss": 1.0})
+  assert saved[-1] == 1 and every.best == -math.inf
+
+
+def _early(aucs, state=None, first_epoch=0):
+  """Epochs run by ResumableEarlyStopping (patience 2) over `aucs` from `first_epoch`."""
+  early = ResumableEarlyStopping(state, monitor="val_click_auc", mode="max", patience=2)
+  early.set_model(tf.keras.Sequential())
+  early.on_train_begin()
+  for epoch in range(first_epoch, len(aucs)):
+    early.on_epoch_end(epoch, {"val_click_auc": aucs[epoch]})
+    if early.model.stop_training:
+      return epoch, early
+  return None, early
+
+
+def test_early_stopping_keeps_its_patience_across_a_restart():
+  aucs = [0.60, 0.63, 0.62, 0.62, 0.70]
+  stopped, _ = _early(aucs)
+  assert stopped == 3                        # two epochs without a gain after epoch 1
+  _, first = _early(aucs[:3])                # killed after epoch 2 ...
+  state = json.loads(json.dumps(first.state()))
+  assert state == {"wait": 1, "best": 0.63, "best_epoch": 1}
+  assert _early(aucs, state, first_epoch=3)[0] == 3    # ... and restarted: the same stop
+
+
+def test_run_log_writes_history_and_callback_state(tmp_path):
+  log = RunLog(tmp_path, {"resume_global_step": 0}, write=True, state_fn=lambda: {"best": 1})
+  log.on_epoch_end(0, {"loss": 0.5})
+  log.on_epoch_end(1, {"loss": 0.25})
+  assert read_jsonl(tmp_path / "history.jsonl") == [{"epoch": 0, "loss": 0.5},
+                                                    {"epoch": 1, "loss": 0.25}]
+  assert json.loads((tmp_path / "callbacks.json").read_text()) == {"0": {"best": 1},
+                                                                   "1": {"best": 1}}
+  log.backup(40, 0.1234)
+  assert read_jsonl(tmp_path / "progress.jsonl")[0]["seconds"] == 0.123
+  with open(tmp_path / "progress.jsonl", "a") as f:
+    f.write('{"event": "torn')                              # a kill mid-line
+  assert len(read_jsonl(tmp_path / "progress.jsonl")) == 1
+  RunLog(tmp_path / "absent", {}, write=False, state_fn=dict).on_epoch_end(0, {"loss": 1.0})
+  assert not (tmp_path / "absent").exists()               # not the chief: writes nothing

@@ -109,3 +109,23 @@ def test_corrupt_shard_is_found(tmp_path, synth_dir):
   bad.write_bytes(good[:len(good) // 2] + b"\x00garbage" + good[len(good) // 2:])
   files = [str(synth_dir / "test" / "part-00001.tfrecord"), str(bad)]
   assert data_lib.find_corrupt_shard(files) == str(bad)
+
+
+def test_train_inputs_under_the_default_strategy(synth_dir, tmp_path):
+  """ssr_tf.data.inputs: the endless training stream starts at `start_step` (the records
+  of earlier steps skipped), validation covers the split once in global batches."""
+  from conftest import experiment_yaml
+  from ssr_tf.config import load_config
+  cfg = load_config(str(experiment_yaml(tmp_path, synth_dir)))
+  spec = load_spec(cfg.data.spec)
+  files = data_lib.list_files(cfg.data.train, "data.train")
+  counts = data_lib.count_records(files)
+  strategy = tf.distribute.get_strategy()
+  train_in, valid_in = data_lib.inputs(cfg, spec, strategy, 64, 0, counts, None)
+  later, _ = data_lib.inputs(cfg, spec, strategy, 64, 3, counts, None)
+  batches = [b[0]["user_id"].numpy() for b in train_in.take(5)]
+  assert all(len(b) == 64 for b in batches)
+  np.testing.assert_array_equal(next(iter(later))[0]["user_id"].numpy(), batches[3])
+  sizes = [int(b[1]["click"].shape[0]) for b in valid_in]
+  valid_rows = sum(data_lib.count_records(data_lib.list_files(cfg.data.valid, "v")))
+  assert sum(sizes) == valid_rows and set(sizes[:-1]) == {64}

@@ -13,11 +13,12 @@ import tensorflow as tf
 
 from conftest import REPO
 from ssr_tf import data as data_lib
-from ssr_tf import distribute
+from ssr_tf import distribute, schedules
+from ssr_tf.callbacks import atomic_write_text, resume_point
 from ssr_tf.config import DistributionConfig, load_config
+from ssr_tf.data import validation_batch_size
 from ssr_tf.errors import ConfigError
 from ssr_tf.features import load_spec
-from ssr_tf.training import atomic_write_text, resume_point, validation_batch_size
 
 COLUMNS = ("user_id", "item_id", "hour", "position", "price", "noise_0")
 
@@ -105,15 +106,15 @@ def test_lr_scaling_rules():
   # train.learning_rate was tuned at data.batch_size 256; 4 replicas x 256 = 1024.
   for rule, factor in (("none", 1.0), ("linear", 4.0), ("sqrt", 2.0)):
     dist = DistributionConfig(per_replica_batch_size=256, lr_scaling=rule)
-    assert distribute.lr_factor(dist, 1024, 256) == factor
+    assert schedules.lr_factor(dist, 1024, 256) == factor
   dist = DistributionConfig(lr_scaling="linear", lr_reference_batch_size=128)
-  assert distribute.lr_factor(dist, 512, 512) == 4.0
+  assert schedules.lr_factor(dist, 512, 512) == 4.0
   dist = DistributionConfig(per_replica_batch_size=256, lr_scaling="linear", lr_warmup_steps=10)
-  lr, factor = distribute.learning_rate(dist, 1e-3, 1024, 256)
+  lr, factor = schedules.learning_rate(dist, 1e-3, 1024, 256)
   assert factor == 4.0
   np.testing.assert_allclose([float(lr(s)) for s in (0, 5, 10, 99)],
                              [1e-3, 2.5e-3, 4e-3, 4e-3], rtol=1e-6)
-  assert distribute.learning_rate(DistributionConfig(), 1e-3, 256, 256) == (1e-3, 1.0)
+  assert schedules.learning_rate(DistributionConfig(), 1e-3, 256, 256) == (1e-3, 1.0)
 
 
 def test_validation_batch_never_leaves_a_replica_empty():

@@ -1,5 +1,6 @@
-"""train.lr_decay: the decay curve, composition with warm-up, serialization, config
-errors, and a training run that ends at the configured final rate."""
+"""Learning rates (ssr_tf/schedules.py): the decay curve, composition with warm-up,
+serialization, config errors, the rates `ssr_tf train` builds, and a training run that
+ends at the configured final rate."""
 import json
 import math
 
@@ -8,10 +9,9 @@ import pytest
 import tensorflow as tf
 
 from ssr_tf import cli
-from ssr_tf.config import load_config
-from ssr_tf.distribute import WarmupLearningRate
+from ssr_tf.config import DistributionConfig, ExperimentConfig, TrainConfig, load_config
 from ssr_tf.errors import ConfigError
-from ssr_tf.schedules import DecayedLearningRate, with_decay
+from ssr_tf.schedules import DecayedLearningRate, WarmupLearningRate, learning_rates, with_decay
 
 
 @pytest.mark.parametrize("kind, expect", [
@@ -19,7 +19,7 @@ from ssr_tf.schedules import DecayedLearningRate, with_decay
     ("linear", lambda u, f: 1 - (1 - f) * u),
 ])
 def test_decay_curve(kind, expect):
-  s = DecayedLearningRate(0.01, total_steps=100, kind=kind, final=0.1)
+  s = with_decay(0.01, kind, 100, 0.1)
   for step in (0, 1, 25, 50, 99, 100, 250):
     u = min(step / 100, 1.0)
     assert float(s(step)) == pytest.approx(0.01 * expect(u, 0.1), rel=1e-6), step
@@ -38,6 +38,28 @@ def test_composes_with_warmup_and_round_trips():
   assert [float(again(t)) for t in (0, 7, 20, 39)] == pytest.approx(
       [float(s(t)) for t in (0, 7, 20, 39)])
   assert with_decay(0.003, "none", 10, 0.0) == 0.003
+  with pytest.raises(ValueError, match="cosine or linear"):
+    with_decay(0.003, "step", 10, 0.0)
+
+
+def test_learning_rates_of_a_run():
+  # 4 replicas x 256 at a rate tuned for 256 (linear scaling, 10 warm-up steps); the
+  # tables at their own rate; cosine to 0.5 x over 2 epochs of 50 steps.
+  cfg = ExperimentConfig(
+      train=TrainConfig(learning_rate=1e-3, embedding_learning_rate=0.01, epochs=2,
+                        lr_decay="cosine", lr_decay_final=0.5),
+      distribution=DistributionConfig(per_replica_batch_size=256, lr_scaling="linear",
+                                      lr_warmup_steps=10))
+  cfg.data.batch_size = 256
+  (dense, table), factor = learning_rates(cfg, global_batch=1024, steps_per_epoch=50)
+  assert factor == 4.0
+  for rate, base in ((dense, 1e-3), (table, 0.01)):
+    f = lambda t: 0.5 + 0.5 * 0.5 * (1 + math.cos(math.pi * min(t / 100, 1)))  # noqa: E731
+    want = [base * (1 + 3 * min(t / 10, 1)) * f(t) for t in (0, 5, 10, 50, 100, 150)]
+    np.testing.assert_allclose([float(rate(t)) for t in (0, 5, 10, 50, 100, 150)], want,
+                               rtol=1e-6)
+  (dense, table), factor = learning_rates(ExperimentConfig(), 1024, 10)
+  assert (dense, table, factor) == (1e-3, 1e-3, 1.0)            # defaults: constant rate
 
 
 def test_bad_decay_config_names_the_key(tmp_path):

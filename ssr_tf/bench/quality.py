@@ -1,8 +1,11 @@
 """`ssr_tf bench quality`: the paper's quality tables under one shared training protocol.
 
-Every model sees the same splits, the same embeddings (dim 16), Adam, batch 1024, the
-same maximum epochs and early stopping on exact validation click AUC (the best epoch's
-weights are kept); test AUC / LogLoss are exact (``ssr_tf.metrics``). Suites:
+Every run is an `ssr_tf train` run (:func:`ssr_tf.training.train`, an ExperimentConfig and
+a model_dir per run) scored like `ssr_tf evaluate` scores it. Every model sees the same
+splits, the same embeddings (dim 16), the same optimizers (Adam; lazy Adam on the
+embedding tables), batch 1024, the same maximum epochs and early stopping on validation
+click AUC (the best checkpoint is scored); test and validation AUC / LogLoss are exact
+(``ssr_tf.metrics``). Suites:
 
   table3    every backbone (Table 3): AUC, LogLoss mean +- std over seeds, params, FLOPs.
   ablation  SSR-D vs w/o sparse filtering, b=1, static, TopK-STE, Dropout (Table 4).
@@ -22,22 +25,27 @@ import json
 import math
 import os
 import pathlib
+import shutil
+import tempfile
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from ssr_tf import data as data_lib
-from ssr_tf import metrics, synth
+from ssr_tf import evaluation, synth, task, training
 from ssr_tf.bench import common
-from ssr_tf.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig, save_config
+from ssr_tf.callbacks import filtered_views
+from ssr_tf.config import TASKS, DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from ssr_tf.errors import UserError
 from ssr_tf.features import FeatureSpec, load_spec
-from ssr_tf.models.ranker import backbone_flops, backbone_params, build_model
-from ssr_tf.schedules import DECAYS, with_decay
+from ssr_tf.schedules import DECAYS
 
 SUITES = ("table3", "ablation", "ics", "scaling", "gap")
+# Recorded in every run; runs of another trainer (the suites' own fit loop before it was
+# replaced by ssr_tf.training) are never reused as identical computations.
+TRAINER = "ssr_tf.training"
 
 
 # ---------------------------------------------------------------------------------------
@@ -48,20 +56,25 @@ SUITES = ("table3", "ablation", "ics", "scaling", "gap")
 class Protocol:
   """Training settings applied identically to every model of a suite.
 
+  Each maps onto the run's ExperimentConfig (:func:`experiment`): `ssr_tf train` validates
+  once per epoch, so one protocol epoch is `evals_per_epoch` training epochs of
+  ceil(steps per pass / evals_per_epoch) steps each.
+
   Attributes:
     epochs: maximum passes over the training split (the same for every model).
     evals_per_epoch: validation points per epoch; the models here overfit within one or
       two epochs, so epoch-level checks would miss most peaks by a seed-dependent margin.
     patience: epochs without a validation-AUC gain before stopping (counted in
-      validation points: patience * evals_per_epoch).
-    batch_size: examples per Adam step.
-    learning_rate: Adam learning rate.
-    lr_decay: "none" (constant) or "cosine" / "linear" decay to 0 over epochs x steps per
-      epoch (train.lr_decay).
+      validation points: patience * evals_per_epoch; train.early_stopping_patience).
+    batch_size: examples per step (data.batch_size).
+    learning_rate: the optimizers' learning rate (train.learning_rate).
+    lr_decay: "none" (constant) or "cosine" / "linear" decay to 0 over the run
+      (train.lr_decay).
     embedding_dim: width of every field embedding.
     embedding_l2: L2 on the embedding rows of each batch (model.embedding_l2).
     pay_mode: pay head mode ("esmm" as in the demo configs).
-    train_eval_rows: training rows scored after training, for the train-vs-test gap.
+    train_eval_rows: training rows scored after training (the first in file order), for
+      the train-vs-test gap; 0: all of them.
   """
   epochs: int = 6
   evals_per_epoch: int = 4
@@ -77,17 +90,9 @@ class Protocol:
 
 @dataclasses.dataclass
 class Split:
-  features: dict[str, np.ndarray]
-  labels: dict[str, np.ndarray]
-  oracle: dict[str, np.ndarray]
-
-  @property
-  def rows(self) -> int:
-    return int(next(iter(self.labels.values())).shape[0])
-
-  def take(self, idx: np.ndarray) -> "Split":
-    pick = lambda d: {k: v[idx] for k, v in d.items()}  # noqa: E731
-    return Split(pick(self.features), pick(self.labels), pick(self.oracle))
+  """One split of a data folder: its shards and how many records they hold."""
+  pattern: str
+  rows: int
 
 
 @dataclasses.dataclass
@@ -99,66 +104,19 @@ class Splits:
   test: Split
 
 
-def _read_split(pattern: str, spec: FeatureSpec, key: str) -> Split:
-  """A whole split parsed once into NumPy arrays (synthetic splits fit in memory)."""
-  ds = data_lib.make_dataset(pattern, spec, 8192, training=False, key=key, with_extras=True)
-  cols: dict[str, dict[str, list]] = {"features": {}, "labels": {}, "oracle": {}}
-  for features, labels, extras in ds:
-    for k, v in features.items():
-      cols["features"].setdefault(k, []).append(v.numpy())
-    for k, v in labels.items():
-      cols["labels"].setdefault(k, []).append(v.numpy())
-    for k, v in extras.items():
-      if k.startswith("oracle_"):
-        cols["oracle"].setdefault(k[len("oracle_"):], []).append(v.numpy())
-  cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}  # noqa: E731
-  return Split(cat(cols["features"]), cat(cols["labels"]), cat(cols["oracle"]))
-
-
 def load_splits(data_dir: str | pathlib.Path) -> Splits:
-  """Reads ``DIR/spec.yaml`` and ``DIR/{train,valid,test}/*`` (ssr_tf data synth/convert)."""
+  """Reads ``DIR/spec.yaml`` and counts the records of ``DIR/{train,valid,test}/*``
+  (ssr_tf data synth/convert)."""
   d = pathlib.Path(data_dir)
   if not (d / "spec.yaml").is_file():
     raise UserError(f"--data {d}: no spec.yaml (write one with `ssr_tf data synth` or "
                     "`ssr_tf data convert`)")
-  spec = load_spec(str(d / "spec.yaml"))
-  return Splits(d, spec, *(_read_split(str(d / s / "*"), spec, f"--data {s}")
-                           for s in ("train", "valid", "test")))
-
-
-def _dataset(split: Split, batch_size: int, order: Optional[np.ndarray] = None):
-  cols = split if order is None else split.take(order)
-  return tf.data.Dataset.from_tensor_slices((cols.features, cols.labels)).batch(
-      batch_size).prefetch(2)
-
-
-def predict(model, split: Split, batch_size: int = 4096) -> dict[str, np.ndarray]:
-  out: dict[str, list] = {}
-  for features, _ in _dataset(split, batch_size):
-    for k, v in model.predict_on_batch(features).items():
-      out.setdefault(k, []).append(np.asarray(v))
-  return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def score(split: Split, probs: dict[str, np.ndarray]) -> dict[str, float]:
-  out = {}
-  for t in split.labels:
-    y, p = split.labels[t], probs[f"{t}_prob"]
-    out[f"{t}_auc"] = metrics.auc(y, p)
-    out[f"{t}_logloss"] = metrics.logloss(y, p)
-    if t in split.oracle and (split.oracle[t] >= 0).all():
-      out[f"{t}_oracle_auc"] = metrics.auc(y, split.oracle[t])
-  return out
-
-
-def ics_sparsity(model, split: Split, rows: int = 4096) -> Optional[list[float]]:
-  """Share of exact zeros in each SSR layer's filtered views (None without SSR layers)."""
-  from ssr_tf.callbacks import filtered_views  # pylint: disable=import-outside-toplevel
-  features = next(iter(_dataset(split.take(np.arange(min(rows, split.rows))), rows)))[0]
-  views = filtered_views(model, features)
-  if not views:
-    return None
-  return [float(np.mean(v.numpy() == 0.0)) for v in views]
+  paths = common.data_paths(d)
+  splits = {}
+  for name in ("train", "valid", "test"):
+    files = data_lib.list_files(paths[name], f"--data {name}")
+    splits[name] = Split(paths[name], sum(data_lib.count_records(files)))
+  return Splits(d, load_spec(paths["spec"]), **splits)
 
 
 def model_config(entry: dict, protocol: Protocol, seed: int) -> ModelConfig:
@@ -171,94 +129,122 @@ def model_config(entry: dict, protocol: Protocol, seed: int) -> ModelConfig:
                      pay_mode=protocol.pay_mode, backbone=backbone)
 
 
+def experiment(splits: Splits, entry: dict, protocol: Protocol, seed: int,
+               model_dir: pathlib.Path, ics_log_every: int = 0) -> ExperimentConfig:
+  """The `ssr_tf train` config of one run: the protocol (with the entry's overrides) on
+  the suite's data, deterministic reads (the same seed trains the same weights)."""
+  proto = dataclasses.replace(protocol, **entry.get("protocol", {}))
+  steps_per_pass = math.ceil(splits.train.rows / proto.batch_size)
+  evals = proto.evals_per_epoch
+  return ExperimentConfig(
+      data=DataConfig(**common.data_paths(splits.data_dir.resolve()),
+                      batch_size=proto.batch_size, deterministic=True),
+      model=model_config(entry, proto, seed),
+      train=TrainConfig(model_dir=str(model_dir), epochs=proto.epochs * evals,
+                        steps_per_epoch=math.ceil(steps_per_pass / evals),
+                        learning_rate=proto.learning_rate, lr_decay=proto.lr_decay,
+                        early_stopping_patience=proto.patience * evals, seed=seed,
+                        verbose=0, ics_log_every_steps=ics_log_every))
+
+
+class _Progress(tf.keras.callbacks.Callback):
+  """One history record and log line per validation point (a training epoch)."""
+
+  def __init__(self, evals_per_epoch: int, log: Callable[[str], None]):
+    super().__init__()
+    self.evals_per_epoch = evals_per_epoch
+    self.log = log
+    self.history: list[dict] = []
+    self._start = time.time()
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._start = time.time()
+
+  def on_epoch_end(self, epoch, logs=None):
+    logs = logs or {}
+    rec = {"epoch": round((epoch + 1) / self.evals_per_epoch, 3),
+           "train_auc_running": float(logs["click_auc"]), "train_loss": float(logs["loss"]),
+           "valid_auc": float(logs["val_click_auc"]),
+           "valid_logloss": float(logs["val_click_loss"]),
+           "seconds": round(time.time() - self._start, 1)}
+    self.history.append(rec)
+    self.log(f"    epoch {rec['epoch']:.2f}: train_auc {rec['train_auc_running']:.4f} "
+             f"valid_auc {rec['valid_auc']:.4f} ({rec['seconds']}s)")
+
+
+def scores(model, spec: FeatureSpec, cfg: ExperimentConfig, split: str,
+           rows: int = 0) -> dict[str, float]:
+  """`ssr_tf evaluate --split SPLIT`'s AUC and LogLoss per task (and the oracle's AUC) as
+  ``{"click_auc": ..., "click_logloss": ..., "click_oracle_auc": ...}``; of the first
+  `rows` rows when > 0."""
+  arrays = evaluation.predict_split(model, spec, cfg, split)
+  if rows:
+    arrays = {k: v[:rows] for k, v in arrays.items()}
+  out = {}
+  for t, r in evaluation.score(arrays, has_group="group" in arrays).items():
+    out[f"{t}_auc"], out[f"{t}_logloss"] = r["auc"], r["logloss"]
+    if "oracle_auc" in r:
+      out[f"{t}_oracle_auc"] = r["oracle_auc"]
+  return {k: out[k] for t in TASKS for k in (f"{t}_auc", f"{t}_logloss", f"{t}_oracle_auc")
+          if k in out}
+
+
+def ics_sparsity(model, spec: FeatureSpec, cfg: ExperimentConfig,
+                 rows: int = 4096) -> Optional[list[float]]:
+  """Share of exact zeros in each SSR layer's filtered views on the first `rows`
+  validation rows (None without SSR layers)."""
+  ds = data_lib.make_dataset(cfg.data.valid, spec, rows, training=False, key="data.valid")
+  features = next(iter(ds))[0]
+  views = filtered_views(model, features)
+  if not views:
+    return None
+  return [float(np.mean(v.numpy() == 0.0)) for v in views]
+
+
 def run_one(splits: Splits, entry: dict, protocol: Protocol, seed: int,
             save_dir: Optional[pathlib.Path] = None, log: Callable[[str], None] = print,
             ics_log_every: int = 0) -> dict:
-  """Trains one model under the protocol; returns test metrics, history and cost.
+  """Trains one model under the protocol with `ssr_tf train`; returns test metrics,
+  history and cost.
 
-  With `save_dir` the best weights and config.yaml are kept there; with `ics_log_every`
-  > 0 (and SSR layers) ICS sparsity goes to TensorBoard under save_dir/logs/ics.
+  The run's model_dir is `save_dir` (kept: what `ssr_tf train` writes, e.g. config.yaml,
+  the best checkpoint in ckpt/, TensorBoard logs with ICS sparsity under logs/ics every
+  `ics_log_every` steps when > 0), else a temporary folder removed afterwards. Test,
+  validation and training rows are scored with the best checkpoint, as `ssr_tf evaluate`
+  scores them.
   """
   proto = dataclasses.replace(protocol, **entry.get("protocol", {}))
+  model_dir = pathlib.Path(save_dir or tempfile.mkdtemp(prefix="ssr_tf_quality_"))
+  cfg = experiment(splits, entry, protocol, seed, model_dir,
+                   ics_log_every if save_dir is not None else 0)
+  progress = _Progress(proto.evals_per_epoch, log)
   tf.keras.backend.clear_session()
-  tf.keras.utils.set_random_seed(seed)
-  model_cfg = model_config(entry, proto, seed)
-  model = build_model(splits.spec, model_cfg)
-  total_steps = proto.epochs * math.ceil(splits.train.rows / proto.batch_size)
-  model.compile(optimizer=tf.keras.optimizers.Adam(
-      with_decay(proto.learning_rate, proto.lr_decay, total_steps, 0.0)))
-  rng = np.random.default_rng(seed)
-  callbacks = []
-  if ics_log_every and save_dir is not None:
-    from ssr_tf.callbacks import ICSSparsityLogger, ssr_layers  # pylint: disable=import-outside-toplevel
-    if ssr_layers(model):
-      probe = splits.valid.take(np.arange(min(1024, splits.valid.rows))).features
-      callbacks.append(ICSSparsityLogger(str(save_dir / "logs" / "ics"), probe, ics_log_every))
-  history, best, best_weights, wait = [], -math.inf, None, 0
-  start = time.time()
-  patience = proto.patience * proto.evals_per_epoch
-  stop = False
-  for epoch in range(proto.epochs):
-    chunks = np.array_split(rng.permutation(splits.train.rows), proto.evals_per_epoch)
-    for c, order in enumerate(chunks):
-      t0 = time.time()
-      fit = model.fit(_dataset(splits.train, proto.batch_size, order), epochs=1, verbose=0,
-                      callbacks=callbacks)
-      valid = score(splits.valid, predict(model, splits.valid))
-      rec = {"epoch": round(epoch + (c + 1) / len(chunks), 3),
-             "train_auc_running": float(fit.history["click_auc"][-1]),
-             "train_loss": float(fit.history["loss"][-1]), "valid_auc": valid["click_auc"],
-             "valid_logloss": valid["click_logloss"], "seconds": round(time.time() - t0, 1)}
-      history.append(rec)
-      log(f"    epoch {rec['epoch']:.2f}: train_auc {rec['train_auc_running']:.4f} "
-          f"valid_auc {rec['valid_auc']:.4f} ({rec['seconds']}s)")
-      if rec["valid_auc"] > best:
-        best, best_weights, wait = rec["valid_auc"], model.get_weights(), 0
-      else:
-        wait += 1
-        if wait >= patience:
-          stop = True
-          break
-    if stop:
-      break
-  model.set_weights(best_weights)
-  seconds = time.time() - start
-  for cb in callbacks:
-    cb.close()
-  test = score(splits.test, predict(model, splits.test))
-  sub = splits.train.take(np.arange(min(proto.train_eval_rows, splits.train.rows)))
-  train = score(sub, predict(model, sub))
+  try:
+    state = training.train(cfg, overwrite=True, callbacks=[progress])   # never a resumed run
+    spec, model = task.build(cfg)
+    task.restore(model, cfg.train.model_dir)           # the best checkpoint, as evaluate does
+    valid, test = scores(model, spec, cfg, "valid"), scores(model, spec, cfg, "test")
+    train = scores(model, spec, cfg, "train", proto.train_eval_rows)
+    sparsity = ics_sparsity(model, spec, cfg)
+  finally:
+    if save_dir is None:
+      shutil.rmtree(model_dir, ignore_errors=True)
+  history = progress.history
   result = {
       "seed": seed, "test": test, "train_click_auc": train["click_auc"],
-      "valid_click_auc": best,
+      "valid_click_auc": valid["click_auc"],
       "best_epoch": history[int(np.argmax([h["valid_auc"] for h in history]))]["epoch"],
-      "epochs_run": history[-1]["epoch"], "seconds": round(seconds, 1), "history": history,
-      "backbone_params": backbone_params(model), "backbone_flops": backbone_flops(model),
+      "epochs_run": history[-1]["epoch"], "seconds": state["seconds"], "history": history,
+      "backbone_params": state["backbone"]["backbone_params"],
+      "backbone_flops": state["backbone"]["backbone_flops_per_example"],
       "protocol": dataclasses.asdict(proto), "data": str(splits.data_dir.resolve()),
+      "trainer": TRAINER,
   }
-  sparsity = ics_sparsity(model, splits.valid)
   if sparsity is not None:
     result["ics_sparsity"] = sparsity
   if save_dir is not None:
-    _save(model, model_cfg, splits, proto, seed, save_dir)
-    result["model_dir"] = str(save_dir)
+    result["model_dir"], result["checkpoint"] = str(save_dir), state["checkpoint"]
   return result
-
-
-def _save(model, model_cfg: ModelConfig, splits: Splits, proto: Protocol, seed: int,
-          model_dir: pathlib.Path) -> None:
-  """Checkpoint + config.yaml in the layout `ssr_tf analyze/evaluate` read."""
-  from ssr_tf import task  # pylint: disable=import-outside-toplevel
-  d = splits.data_dir.resolve()
-  cfg = ExperimentConfig(
-      data=DataConfig(**common.data_paths(d), batch_size=proto.batch_size),
-      model=model_cfg,
-      train=TrainConfig(model_dir=str(model_dir), epochs=proto.epochs,
-                        learning_rate=proto.learning_rate, lr_decay=proto.lr_decay,
-                        seed=seed))
-  model_dir.mkdir(parents=True, exist_ok=True)
-  save_config(cfg, str(model_dir / "config.yaml"))
-  task.checkpoint_manager(model, str(model_dir)).save()
 
 
 # ---------------------------------------------------------------------------------------
@@ -535,7 +521,7 @@ def _reusable(output: pathlib.Path) -> dict[str, tuple[str, dict]]:
   index = {}
   for path in sorted(output.glob("*.runs.jsonl")):
     for r in _load_runs(path):
-      if "protocol" in r and "data" in r and "entry" in r:
+      if "protocol" in r and "data" in r and "entry" in r and r.get("trainer") == TRAINER:
         index[run_key(r["entry"], r["protocol"], r["seed"], r["data"])] = (path.stem, r)
   return index
 
