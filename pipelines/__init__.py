@@ -14,7 +14,7 @@ Modules:
   local:      the streaming single-process runner (one read of the input; two when a
               time split must first find its thresholds).
   outputs:    spec.yaml, vocab/, stats.json and a ready-to-train config.yaml.
-  beam_pipeline: the same transforms on Apache Beam (optional extra `ssr_tf[beam]`).
+  beam_pipeline: the same transforms on Apache Beam (optional: a separate environment from requirements-beam.txt).
   convert, bench: the `ssr_tf data convert` and `ssr_tf bench convert` commands.
 
 See docs/data.md.

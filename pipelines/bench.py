@@ -123,7 +123,7 @@ def main(argv: list[str], prog: str = "ssr_tf bench convert") -> int:
         beam["local_rows_per_s_same_input"] = local_small["rows_per_s"]
         result["beam"] = beam
       except ImportError:
-        result["beam"] = {"skipped": "apache-beam not installed (pip install ssr_tf[beam])"}
+        result["beam"] = {"skipped": "apache-beam not installed (see requirements-beam.txt)"}
   text = json.dumps(result, indent=2)
   print(text)
   if args.out:

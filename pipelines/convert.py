@@ -84,7 +84,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
   p.add_argument("--overwrite", action="store_true", help="replace an earlier conversion")
   p.add_argument("--runner", default="local",
                  help="local (default) | DirectRunner | DataflowRunner | FlinkRunner | "
-                 "SparkRunner (Apache Beam; pip install ssr_tf[beam])")
+                 "SparkRunner (Apache Beam; an environment from requirements-beam.txt)")
   p.add_argument("--chunk_mb", type=float, default=64.0,
                  help="Beam: input bytes per parallel chunk (64)")
   p.add_argument("--batch_size", type=int, default=1024, help="config.yaml data.batch_size")

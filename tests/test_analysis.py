@@ -85,7 +85,8 @@ def test_analyze_command_end_to_end(tmp_path, synth_dir, capsys):
   model_dir = tmp_path / "m"
   quality.run_one(splits, {"name": "ssr", "backbone": TINY_SSR}, proto, 0, save_dir=model_dir,
                   log=lambda s: None, ics_log_every=2)
-  assert cli.main(["analyze", "--checkpoint", str(model_dir / "ckpt" / "ckpt-1"),
+  import tensorflow as tf
+  assert cli.main(["analyze", "--checkpoint", tf.train.latest_checkpoint(str(model_dir / "ckpt")),
                    "--rows", "256"]) == 0
   out = capsys.readouterr().out
   assert "Fig.1" in out and "Fig.5 layer 2" in out and "Fig.6 layer 1" in out
