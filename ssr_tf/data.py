@@ -101,9 +101,13 @@ def parse_batch(serialized: tf.Tensor, spec: FeatureSpec, with_extras: bool = Fa
   return features, labels, extras
 
 
+# tf.train.Feature's list kinds and the spec dtypes they hold.
+_LIST_DTYPES = {"int64_list": "int64", "bytes_list": "string", "float_list": "float32"}
+
+
 def check_records(files: list[str], spec: FeatureSpec, key: str, compression: str = "") -> None:
   """Fails early, naming the file and column, when the first record lacks a spec column
-  or when no shard holds any record."""
+  or holds it with another dtype than the spec's, or when no shard holds any record."""
   needed = [f.name for f in spec.features] + list(spec.labels.values())
   for path in files:
     try:
@@ -122,6 +126,15 @@ def check_records(files: list[str], spec: FeatureSpec, key: str, compression: st
       if name not in present:
         raise DataError(f"{path}: record 0 has no column {name!r} that the feature spec "
                         f"needs (columns present: {sorted(present)[:20]})")
+    wanted = {f.name: f.dtype for f in spec.features}
+    wanted.update({col: "float32" for col in spec.labels.values()})
+    for name, dtype in wanted.items():
+      held = _LIST_DTYPES.get(present[name].WhichOneof("kind"))   # None: an empty value
+      if held is not None and held != dtype:
+        what = "labels are read as" if name in spec.labels.values() else "the feature spec says"
+        raise DataError(f"{path}: record 0 holds column {name!r} as {held}, but {what} "
+                        f"dtype {dtype}: fix the spec's dtype for {name!r} (or convert the "
+                        "data again)")
     return
   raise DataError(f"config key '{key}': the {len(files)} file(s) matched hold no records")
 

@@ -168,18 +168,61 @@ def _clear_run(model_dir: pathlib.Path) -> None:
       pass
 
 
+# Config keys that cannot change what a resumed run computes: they may differ between a
+# run and its resumption (docs/distributed.md, "Resuming").
+RESUME_FREE_KEYS = ("train.model_dir", "train.verbose", "train.checkpoint_every_steps",
+                    "train.ics_log_every_steps", "train.warm_start_from")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict) and v:
+      out.update(_flat(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def config_changes(saved: dict, cfg: ExperimentConfig) -> list[str]:
+  """'key: old -> new' for each key of `cfg` that differs from the `saved` config and could
+  change the run (all but RESUME_FREE_KEYS)."""
+  before = _flat(saved)
+  now = _flat(yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
+  missing = "(unset)"
+  return [f"{k}: {before.get(k, missing)!r} -> {now.get(k, missing)!r}"
+          for k in sorted(set(before) | set(now))
+          if k not in RESUME_FREE_KEYS and before.get(k, missing) != now.get(k, missing)]
+
+
+def _check_resume_config(run: Run) -> None:
+  """An unfinished run in model_dir resumes only with the config it was started with."""
+  path = run.model_dir / "config.yaml"
+  if not path.exists():
+    return
+  changes = config_changes(yaml.safe_load(path.read_text()) or {}, run.cfg)
+  if changes:
+    raise UserError(f"{run.model_dir} holds an unfinished run started with another config; "
+                    f"resuming it would mix two runs. Changed: {'; '.join(changes)}. Rerun "
+                    "with its config, pass --overwrite to start afresh, or train into "
+                    "another train.model_dir")
+
+
 def _open_model_dir(run: Run, overwrite: bool) -> Optional[dict]:
   """The state of a completed run in model_dir (None: train). Otherwise clears a previous
-  run with `overwrite`, creates model_dir and writes the resolved config (chief)."""
+  run with `overwrite` (or refuses to resume one with a changed config), creates model_dir
+  and writes the resolved config (chief)."""
   state_file = run.model_dir / STATE_FILE
   if overwrite:
     _clear_run(run.model_dir)
-  elif state_file.exists():
-    state = json.loads(state_file.read_text())
+  else:
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
     if state.get("completed"):
       print(f"{run.model_dir}: training already completed ({state['epochs_run']} epochs); "
             "pass --overwrite to train again")
       return state
+    _check_resume_config(run)
   run.model_dir.mkdir(parents=True, exist_ok=True)
   if run.chief:
     atomic_write_text(run.model_dir / "config.yaml",

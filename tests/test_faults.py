@@ -16,9 +16,7 @@ parents it created), an earlier conversion in ``{prior}`` untouched (``--overwri
 replaces it once a conversion succeeded), a folder that existed before (``{existing}``)
 kept as it was.
 
-Adding a case is adding a row. Rows marked ``owned_by_training`` are known faults that
-ssr_tf/training.py's owners will fix (strict xfail: the row fails loudly once fixed, so
-the mark gets removed). Related unit-level checks with exact messages stay next to their
+Adding a case is adding a row; ``slow_case`` rows train a few steps first. Related unit-level checks with exact messages stay next to their
 code: tests/test_pipelines.py (test_bad_rows_budget_and_errors, test_cli_one_line_error),
 tests/test_config.py, tests/test_serving.py (gRPC bad requests, REST errors).
 """
@@ -54,15 +52,9 @@ def drain(what: str) -> tuple:
   return ("DRAIN", what)
 
 
-def owned_by_training(*row):
-  """A training fault (~20-40 s: it trains a few steps) that training.py's owners fix."""
-  return known_fault("owned by the training module", *row, slow=True)
-
-
-def known_fault(reason: str, *row, slow: bool = False):
-  """A row that fails today for `reason` (strict xfail: it fails once fixed)."""
-  marks = [pytest.mark.xfail(strict=True, reason=reason)] + ([pytest.mark.slow] if slow else [])
-  return pytest.param(*row, id=row[0], marks=marks)
+def slow_case(*row):
+  """A row that trains a few steps first (~20-40 s)."""
+  return pytest.param(*row, id=row[0], marks=[pytest.mark.slow])
 
 
 CONVERT = ["data", "convert", "--quiet"]
@@ -108,8 +100,8 @@ TABLE = [
     ("shards hold no records", TRAIN + ["--set", "data.train={empty_shards}/*.tfrecord"], 2, r"'data\.train'.*hold no records"),
     ("feature absent from records", ["train", "--config", "{cfg_brand}"], 2, r"part-0000\d\.tfrecord.*no column 'brand'"),
     ("corrupt shard", ["train", "--config", "{cfg_corrupt}"], 2, r"part-00001\.tfrecord.*corrupt"),
-    owned_by_training("resume with a changed config", ["train", "--config", "{crashed_cfg}", "--set", "data.batch_size=64"], 2, r"data\.batch_size"),
-    owned_by_training("dtype mismatch mid-training", ["train", "--config", "{cfg_dtype}"], 2, r"item_id"),
+    slow_case("resume with a changed config", ["train", "--config", "{crashed_cfg}", "--set", "data.batch_size=64"], 2, r"data\.batch_size: 128 -> 64"),
+    slow_case("dtype mismatch in the records", ["train", "--config", "{cfg_dtype}"], 2, r"'item_id' as int64.*dtype string"),
     # -- other commands ---------------------------------------------------------------
     ("compare: unwritable --output", ["compare", "--config", "{cfg}", "--against", "{cfg}", "--output", "{blocker}/c.json"], 2, r"--output .*blocker/c\.json: cannot create its folder"),
     ("score: unwritable --output", ["score", "--saved_model", "{tmp}", "--input", "{cfg}", "--output", "{blocker}/s.tsv"], 2, r"--output .*blocker/s\.tsv: cannot create its folder"),
