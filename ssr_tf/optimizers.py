@@ -54,7 +54,7 @@ class LazyAdam(tf.keras.optimizers.legacy.Adam):
     step = coef["lr"] * m_rows / (tf.sqrt(v_rows) + coef["epsilon"])
     return tf.group(self._resource_scatter_update(m, indices, m_rows),
                     self._resource_scatter_update(v, indices, v_rows),
-                    self._resource_scatter_update(var, indices, tf.gather(var, indices) - step))
+                    var.scatter_sub(tf.IndexedSlices(step, indices)))   # one pass over the rows
 
   def _resource_apply_dense(self, grad, var, apply_state=None):
     raise ConfigError(
