@@ -83,3 +83,18 @@ def assert_export_matches(export_dir, shard: str, keras_model, rows: int,
   for key in keys:
     np.testing.assert_allclose(served[key], want[key].numpy(), atol=1e-5)
   return served
+
+
+def grpc_predict(target: str, records: list[bytes], model: str = "ssr"):
+  """serving_default Predict of serialized `records` against a server at `target`."""
+  import grpc
+  import tensorflow as tf
+  from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+  channel = grpc.insecure_channel(target)
+  req = predict_pb2.PredictRequest()
+  req.model_spec.name = model
+  req.inputs["examples"].CopyFrom(tf.make_tensor_proto(records, dtype=tf.string))
+  try:
+    return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(req, timeout=60)
+  finally:
+    channel.close()

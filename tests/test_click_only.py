@@ -8,7 +8,6 @@ import logging
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from ssr_tf import cli, task
 from ssr_tf.config import ModelConfig, load_config
@@ -17,7 +16,7 @@ from ssr_tf.models.ranker import build_model
 from ssr_tf.serving import client as client_lib
 from ssr_tf.serving.local import LocalScorer
 
-from conftest import assert_export_matches
+from conftest import assert_export_matches, grpc_predict
 
 
 def click_only_spec(synth_dir, tmp_path) -> str:
@@ -100,14 +99,8 @@ def test_click_only_trains_without_gradient_warning_exports_and_is_served(
   np.testing.assert_allclose([r["click_prob"] for r in rows], want, atol=1e-5)
 
   from ssr_tf.serving.process import ServerProcess
-  import grpc
   with ServerProcess(str(base), ["--file_system_poll_wait_seconds=0"]) as srv:
-    channel = grpc.insecure_channel(srv.target)
-    req = predict_pb2.PredictRequest()
-    req.model_spec.name = "ssr"
-    req.inputs["examples"].CopyFrom(tf.make_tensor_proto(records, dtype=tf.string))
-    resp = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(req, timeout=60)
-    channel.close()
+    resp = grpc_predict(srv.target, records)
     assert set(resp.outputs) == {"click_prob"}
     np.testing.assert_allclose(tf.make_ndarray(resp.outputs["click_prob"]), want, atol=1e-5)
     with client_lib.RankingClient(srv.target) as c:

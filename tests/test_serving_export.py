@@ -6,15 +6,14 @@ the two signatures, and only ops TensorFlow itself registers (no custom-op libra
 import glob
 import os
 
-import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
 from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow_serving.apis import (predict_pb2, prediction_log_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import prediction_log_pb2
 
+from conftest import grpc_predict
 from ssr_tf import cli
 from ssr_tf.config import load_config
 from ssr_tf.serving import client as client_lib
@@ -60,12 +59,7 @@ def test_real_export_served_end_to_end(tmp_path, make_config, capsys):
   want = tf.saved_model.load(export_dir).signatures["serving_default"](
       examples=tf.constant(records))
   with ServerProcess(base, ["--file_system_poll_wait_seconds=0"]) as srv:
-    channel = grpc.insecure_channel(srv.target)
-    req = predict_pb2.PredictRequest()
-    req.model_spec.name = "ssr"
-    req.inputs["examples"].CopyFrom(tf.make_tensor_proto(records, dtype=tf.string))
-    resp = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(req, timeout=60)
-    channel.close()
+    resp = grpc_predict(srv.target, records)
     assert "replayed 3 records from assets.extra/tf_serving_warmup_requests" in srv.log()
     for k in ("click_prob", "pay_prob"):
       np.testing.assert_allclose(tf.make_ndarray(resp.outputs[k]), want[k].numpy(),
