@@ -179,6 +179,14 @@ class StepTensorBoard(tf.keras.callbacks.TensorBoard):
       self._should_write_train_graph = False
     super().on_epoch_end(epoch, logs)
 
+  def release(self) -> None:
+    """After a fit that raised (Keras then skips on_train_end): pops the summary writer
+    Keras made the thread's default, so later tf.functions of this process (an export, say)
+    do not capture it."""
+    while self._prev_summary_state:          # pylint: disable=protected-access
+      self._pop_writer()                     # pylint: disable=protected-access
+    self._close_writers()                    # pylint: disable=protected-access
+
 
 def dynamic_id_tables(model: tf.keras.Model) -> dict:
   """{feature: DynamicIdTable} of the model's dynamic-id features ({} if none)."""

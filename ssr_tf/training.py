@@ -380,7 +380,12 @@ def _fit(run: Run, model: tf.keras.Model, train_in, valid_in, cbs: list):
 
   try:
     return task.data_errors(fit)
-  except DataError as e:
+  except BaseException as e:
+    for cb in cbs:
+      if hasattr(cb, "release"):         # StepTensorBoard: Keras skipped on_train_end
+        cb.release()
+    if not isinstance(e, DataError):
+      raise
     bad = None
     for pattern, key in ((cfg.data.train, "data.train"), (cfg.data.valid, "data.valid")):
       if pattern and bad is None:

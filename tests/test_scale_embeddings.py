@@ -202,6 +202,7 @@ def test_dynamic_run_resumes_bit_identical(tmp_path, synth_dir):
   cfg = load_config(str(cfg_path), [f"train.model_dir={tmp_path / 'crashed'}"])
   with pytest.raises(RuntimeError, match="crash for the test"):
     train(cfg, callbacks=[_Crash(7)])
+  assert not tf.summary.scalar("probe", 1.0, step=0)   # the crash left no default writer
   resumed = train(cfg)
   assert resumed["resumed_from_step"] == 6
   assert resumed["weights_sha256"] == ref["weights_sha256"]

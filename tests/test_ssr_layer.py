@@ -52,16 +52,16 @@ def test_dynamic_layer_shapes_weights_and_views_differ():
   k = layer.proj_kernel.numpy()
   assert not np.allclose(k[:, 0], k[:, 1])          # no two views start identical
   # LayerNorm per view (scale 1, offset 0 at init): each view's output has zero mean and
-  # variance var(z) / (var(z) + 1e-3), z the activated fusion output: ~1.
+  # variance var(z) / (var(z) + 1e-3), z the activated fusion output: just below 1.
   per_view = y.numpy().reshape(3, 4, 8)
   np.testing.assert_allclose(per_view.mean(-1), 0, atol=1e-4)
-  x = tf.random.normal([3, 20], seed=4)
+  x = tf.constant(np.random.default_rng(4).normal(size=(3, 20)), tf.float32)
   per_view = layer(x).numpy().reshape(3, 4, 8)
   z = layer.activation(block_fusion_tf(layer.filter_views(x), layer.fusion_kernel,
                                        layer.fusion_bias)).numpy()
   want = z.var(-1) / (z.var(-1) + 1e-3)
   np.testing.assert_allclose(per_view.var(-1), want, rtol=1e-3)
-  np.testing.assert_allclose(per_view.var(-1), 1.0, atol=0.05)
+  assert np.all(per_view.var(-1) < 1.0) and np.all(per_view.var(-1) > 0.5)   # eps shrinks it
 
 
 def test_dynamic_is_projection_then_ics_then_fusion():
