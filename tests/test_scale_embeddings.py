@@ -321,7 +321,7 @@ def test_embedding_optimizer_default_is_lazy_adam():
 @pytest.mark.slow
 def test_bench_scale_prints_rates_rss_and_backup_cost_per_size():
   proc = subprocess.run([sys.executable, "-m", "ssr_tf", "bench", "scale", "--rows", "260,2600",
-                         "--models", "dnn", "--steps", "2", "--batch_size", "64"],
+                         "--models", "dnn", "--steps", "2", "--batch_size", "64", "--repeats", "1"],
                         capture_output=True, text=True, cwd=REPO, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = json.loads(proc.stdout)
