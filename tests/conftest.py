@@ -13,13 +13,18 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "public"
 
 
-@pytest.fixture(scope="session")
+_WRITTEN: dict[str, pathlib.Path] = {}   # data sets written once per test run
+
+
+@pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory) -> pathlib.Path:
   """3,000 synthetic rows (train/valid/test shards, spec, vocab), written once per test run."""
-  from ssr_tf import synth
-  out = tmp_path_factory.mktemp("synth")
-  synth.write(synth.SynthConfig(rows=3000, seed=3, shards=2, noise_fields=3), str(out))
-  return out
+  if "synth" not in _WRITTEN:
+    from ssr_tf import synth
+    out = tmp_path_factory.mktemp("synth")
+    synth.write(synth.SynthConfig(rows=3000, seed=3, shards=2, noise_fields=3), str(out))
+    _WRITTEN["synth"] = out
+  return _WRITTEN["synth"]
 
 
 def experiment_yaml(tmp_path: pathlib.Path, data_dir: pathlib.Path, **sections) -> pathlib.Path:
