@@ -53,6 +53,7 @@ def test_tensorboard_batch_hook_state(tmp_path):
   assert cb._should_trace is False                    # pylint: disable=protected-access
   assert cb._should_write_train_graph is True         # pylint: disable=protected-access
   assert callable(cb._write_keras_model_train_graph)  # pylint: disable=protected-access
+  cb.on_train_end()                                   # pops the writer on_train_begin pushed
   model.fit(np.ones((6, 3)), np.ones((6, 2)), batch_size=2, verbose=0)
   assert int(tf.keras.backend.get_value(cb._train_step)) == 3  # pylint: disable=protected-access
 
