@@ -203,7 +203,6 @@ class DynamicIdLogger(tf.keras.callbacks.Callback):
     self.log_dir = log_dir
     self.every_n_steps = max(int(every_n_steps), 1)
     self._writer: Optional[tf.summary.SummaryWriter] = None
-    self.last: dict[str, dict[str, float]] = {}
 
   def _write(self) -> None:
     tables = dynamic_id_tables(self.model)
@@ -214,10 +213,8 @@ class DynamicIdLogger(tf.keras.callbacks.Callback):
     step = int(self.model.optimizer.iterations.numpy())
     with self._writer.as_default(), tf.summary.record_if(True):
       for name, table in tables.items():
-        stats = {k: float(v.numpy()) for k, v in table.stats().items()}
-        for k, v in stats.items():
-          tf.summary.scalar(f"dynamic_ids/{name}/{k}", v, step=step)
-        self.last[name] = stats
+        for k, v in table.stats().items():
+          tf.summary.scalar(f"dynamic_ids/{name}/{k}", float(v.numpy()), step=step)
     self._writer.flush()
 
   def on_train_batch_end(self, batch, logs=None):

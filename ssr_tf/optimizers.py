@@ -15,7 +15,7 @@ the table):
 * ``adam``: dense Adam semantics (every row's m and v decay every step; O(table) per step).
 
 Duplicate ids in a batch are summed before the update (``tf.unique`` +
-``tf.math.unsorted_segment_sum``).
+``tf.math.unsorted_segment_sum``, by OptimizerV2's ``_resource_apply_sparse_duplicate_indices``).
 """
 from __future__ import annotations
 
@@ -35,11 +35,6 @@ class LazyAdam(tf.keras.optimizers.legacy.Adam):
   A dense gradient is refused: it means a table was read by something other than a
   gather, and would silently turn every step into a whole-table update.
   """
-
-  def _resource_apply_sparse_duplicate_indices(self, grad, handle, indices, **kwargs):
-    unique, positions = tf.unique(indices)
-    summed = tf.math.unsorted_segment_sum(grad, positions, tf.shape(unique)[0])
-    return self._resource_apply_sparse(summed, handle, unique, **kwargs)
 
   def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
     var_device, var_dtype = var.device, var.dtype.base_dtype
@@ -64,19 +59,8 @@ class LazyAdam(tf.keras.optimizers.legacy.Adam):
         "tf.nn.embedding_lookup / tf.gather, or use embedding_optimizer: adam")
 
 
-class SparseAdagrad(tf.keras.optimizers.legacy.Adagrad):
-  """Adagrad that sums duplicate ids before TF's sparse kernel (touches batch rows only)."""
-
-  _resource_apply_sparse_duplicate_indices = LazyAdam._resource_apply_sparse_duplicate_indices
-
-
-class SparseFtrl(tf.keras.optimizers.legacy.Ftrl):
-  """FTRL-Proximal that sums duplicate ids before TF's sparse kernel."""
-
-  _resource_apply_sparse_duplicate_indices = LazyAdam._resource_apply_sparse_duplicate_indices
-
-
-_EMBEDDING_CLASSES = {"lazy_adam": LazyAdam, "adagrad": SparseAdagrad, "ftrl": SparseFtrl,
+_EMBEDDING_CLASSES = {"lazy_adam": LazyAdam, "adagrad": tf.keras.optimizers.legacy.Adagrad,
+                      "ftrl": tf.keras.optimizers.legacy.Ftrl,
                       "adam": tf.keras.optimizers.legacy.Adam}
 assert tuple(_EMBEDDING_CLASSES) == EMBEDDING_OPTIMIZERS
 _DENSE_CLASSES = {"adam": tf.keras.optimizers.legacy.Adam,
@@ -85,7 +69,7 @@ _DENSE_CLASSES = {"adam": tf.keras.optimizers.legacy.Adam,
 
 def slot_initial_values(optimizer: tf.keras.optimizers.legacy.Optimizer) -> dict[str, float]:
   """{slot name: the value a never-updated row holds} (what an evicted row is reset to)."""
-  if isinstance(optimizer, (tf.keras.optimizers.legacy.Adagrad,)):
+  if isinstance(optimizer, tf.keras.optimizers.legacy.Adagrad):
     return {"accumulator": float(optimizer._initial_accumulator_value)}  # pylint: disable=protected-access
   if isinstance(optimizer, tf.keras.optimizers.legacy.Ftrl):
     return {"accumulator": float(optimizer._initial_accumulator_value),  # pylint: disable=protected-access
@@ -139,17 +123,14 @@ class RankingOptimizer(CompositeOptimizer):
       out.update(getattr(opt, "sparse_report", {}))
     return out
 
-  def reset_rows(self, table: tf.Variable, rows: tf.Tensor) -> None:
-    """Resets the embedding optimizer's slots of `rows` of `table` to their initial
-    values (a dynamic-id row given to a new id)."""
-    reset_rows(self.embedding_optimizer, table, rows)
 
 
 def reset_rows(optimizer, table: tf.Variable, rows: tf.Tensor) -> None:
-  """Resets `optimizer`'s slots of `rows` of `table` (creating the slots if needed)."""
+  """Resets `optimizer`'s slots of `rows` of `table` to their initial values, creating
+  the slots if needed (a dynamic-id row given to a new id); a RankingOptimizer resets its
+  embedding optimizer's."""
   if isinstance(optimizer, RankingOptimizer):
-    optimizer.reset_rows(table, rows)
-    return
+    optimizer = optimizer.embedding_optimizer
   if not isinstance(optimizer, tf.keras.optimizers.legacy.Optimizer):
     raise ConfigError("dynamic ids need the optimizers of ssr_tf.optimizers (their slots "
                       f"are reset when a row changes owner); got {type(optimizer).__name__}")

@@ -95,15 +95,20 @@ def test_layer_metrics_are_found_through_flatten_layers():
 
 
 def test_sparse_update_hooks_are_called():
-  """LazyAdam / SparseAdagrad / SparseFtrl override `_resource_apply_sparse_duplicate_indices`
-  (Keras calls it for IndexedSlices, duplicates unsummed) and LazyAdam
-  `_resource_apply_sparse` / `_resource_apply_dense`."""
+  """Keras calls `_resource_apply_sparse_duplicate_indices` for IndexedSlices (duplicates
+  unsummed), whose OptimizerV2 default sums them before `_resource_apply_sparse` (LazyAdam,
+  Adagrad and Ftrl rely on it); LazyAdam overrides `_resource_apply_sparse` /
+  `_resource_apply_dense`."""
   calls = []
 
   class Spy(legacy.Adam):
     def _resource_apply_sparse_duplicate_indices(self, grad, handle, indices, **kwargs):
       calls.append(("sparse", indices.numpy().tolist()))
       return super()._resource_apply_sparse_duplicate_indices(grad, handle, indices, **kwargs)
+
+    def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
+      calls.append(("summed", indices.numpy().tolist(), grad.numpy().tolist()))
+      return super()._resource_apply_sparse(grad, var, indices, apply_state)
 
     def _resource_apply_dense(self, grad, var, apply_state=None):
       calls.append(("dense", None))
@@ -113,7 +118,8 @@ def test_sparse_update_hooks_are_called():
   grad = tf.IndexedSlices(tf.ones([3, 2]), tf.constant([1, 1, 3]), tf.constant([4, 2]))
   Spy().apply_gradients([(grad, table)])
   Spy().apply_gradients([(tf.ones([4, 2]), table)])
-  assert calls == [("sparse", [1, 1, 3]), ("dense", None)]
+  assert calls == [("sparse", [1, 1, 3]), ("summed", [1, 3], [[2.0, 2.0], [1.0, 1.0]]),
+                   ("dense", None)]
   for cls in (legacy.Adam, legacy.Adagrad, legacy.Ftrl):
     assert callable(getattr(cls, "_resource_apply_sparse"))
 

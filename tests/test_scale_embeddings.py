@@ -65,7 +65,7 @@ def test_lazy_adam_leaves_untouched_rows_and_slots_unchanged_and_sums_duplicates
   assert int(opt.iterations.numpy()) == 3
 
 
-@pytest.mark.parametrize("cls", [optimizers.SparseAdagrad, optimizers.SparseFtrl])
+@pytest.mark.parametrize("cls", [tf.keras.optimizers.legacy.Adagrad, tf.keras.optimizers.legacy.Ftrl])
 def test_adagrad_and_ftrl_touch_only_the_batch_rows(cls):
   var = _table()
   before = var.numpy().copy()

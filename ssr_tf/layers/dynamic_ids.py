@@ -13,7 +13,9 @@ read it:
 1. Admission: every occurrence of an id without a row is counted in a count-min sketch
    (2 x max(2 capacity, 1024) int32 counters). Once its estimate reaches ``admit_after``
    it gets a row in that same step. The sketch never under-counts; a collision can only
-   admit an id early. Counts are kept after an eviction, so an evicted id that comes
+   admit an id early. It does not decay: once far more distinct ids than 2 x capacity
+   have passed, most counters are non-zero and admission approaches admit-on-first-sight
+   (benchmarks/RESULTS_scale_quality.md). Counts are kept after an eviction, so an evicted id that comes
    back is admitted at once.
 2. Allocation: free rows first; when every row is taken, the rows whose ids were seen
    least recently (a per-row "last seen" step; ties go to the lower row) are taken from
@@ -72,10 +74,6 @@ class DynamicIdTable(tf.keras.layers.Layer):
   def first_row(self) -> int:
     """The table row of slot 0 (rows before it: missing and fallback)."""
     return 1 + self.fallback_rows
-
-  @property
-  def table_rows(self) -> int:
-    return self.first_row + self.capacity
 
   def build(self, input_shape):
     def weight(name, shape, dtype):

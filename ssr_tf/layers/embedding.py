@@ -115,7 +115,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         self.tables[f.name] = self.add_weight(
             f"emb_{f.name}", shape=[f.table_size(), self.dim],
             initializer=tf.keras.initializers.RandomUniform(-0.05, 0.05))
-    for name, ids in self.id_tables.items():
+    for ids in self.id_tables.values():
       ids.build(None)
     super().build(input_shape)
 
