@@ -72,6 +72,8 @@ class Feature:
     combiner: multi_categorical pooling: mean or sum over present values.
     embedding_dim: overrides model.embedding_dim for this feature.
     dynamic: raw ids (int64 or string) get rows as training sees them; see DynamicIds.
+    context: a request-level feature (user, request) that the context serving signature
+      takes once per request, not per candidate (docs/serving.md)
   """
   name: str = ""
   type: str = "categorical"
@@ -88,6 +90,7 @@ class Feature:
   combiner: str = "mean"
   embedding_dim: Optional[int] = None
   dynamic: Optional[DynamicIds] = None
+  context: bool = False
 
   @property
   def is_categorical(self) -> bool:
