@@ -52,7 +52,7 @@ def parse_schema(spec: FeatureSpec, with_extras: bool = False, with_labels: bool
   """The tf.io.parse_example schema: features (missing values get defaults), labels."""
   schema = {}
   for f in spec.features:
-    if f.type == "multi_categorical":
+    if f.type in ("multi_categorical", "sequence"):
       schema[f.name] = tf.io.VarLenFeature(_DTYPES[f.dtype])
     else:
       schema[f.name] = tf.io.FixedLenFeature([], _DTYPES[f.dtype], _DEFAULTS[f.dtype])
@@ -67,17 +67,25 @@ def parse_schema(spec: FeatureSpec, with_extras: bool = False, with_labels: bool
   return schema
 
 
-def _dense_multi(f: Feature, sparse: tf.sparse.SparseTensor) -> tf.Tensor:
-  """VarLen values -> [batch, max_len], truncated and padded with the missing value."""
+def _dense_multi(f: Feature, sparse: tf.sparse.SparseTensor, shape: list[int]) -> tf.Tensor:
+  """VarLen values -> [batch, *shape]: the first prod(shape) values, padded with the missing
+  value, row-major (a sequence of a multi-valued target: [batch, max_len, K])."""
+  width = 1
+  for d in shape:
+    width *= d
   dense = tf.sparse.to_dense(sparse, default_value=_DEFAULTS[f.dtype])
-  dense = dense[:, :f.max_len]
-  pad = f.max_len - tf.shape(dense)[1]
-  return tf.pad(dense, [[0, 0], [0, pad]], constant_values=_DEFAULTS[f.dtype])
+  dense = dense[:, :width]
+  pad = width - tf.shape(dense)[1]
+  dense = tf.pad(dense, [[0, 0], [0, pad]], constant_values=_DEFAULTS[f.dtype])
+  return dense if len(shape) == 1 else tf.reshape(dense, [-1, *shape])
 
 
 def _features(parsed: dict, spec: FeatureSpec) -> dict:
-  return {f.name: _dense_multi(f, parsed[f.name]) if f.type == "multi_categorical"
-          else parsed[f.name] for f in spec.features}
+  out = {}
+  for f in spec.features:
+    shape = spec.value_shape(f)
+    out[f.name] = _dense_multi(f, parsed[f.name], shape) if shape else parsed[f.name]
+  return out
 
 
 def parse_features(serialized: tf.Tensor, spec: FeatureSpec) -> dict:
@@ -135,6 +143,16 @@ def check_records(files: list[str], spec: FeatureSpec, key: str, compression: st
         raise DataError(f"{path}: record 0 holds column {name!r} as {held}, but {what} "
                         f"dtype {dtype}: fix the spec's dtype for {name!r} (or convert the "
                         "data again)")
+    for f in spec.features:
+      shape = spec.value_shape(f)
+      if f.is_sequence and len(shape) == 2:
+        kind = present[f.name].WhichOneof("kind")
+        n = len(getattr(present[f.name], kind).value) if kind else 0
+        if n % shape[1]:
+          raise DataError(f"{path}: record 0 holds {n} values in sequence column {f.name!r}, "
+                          f"not a multiple of {shape[1]} (max_len of {f.share_with!r}): "
+                          "each history item is written as that many values, padded with "
+                          "the missing value")
     return
   raise DataError(f"config key '{key}': the {len(files)} file(s) matched hold no records")
 

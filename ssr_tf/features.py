@@ -10,6 +10,7 @@ A spec is YAML::
     - {name: score, type: numeric, transform: dense, mean: 0.3, std: 0.1}
     - {name: history, type: multi_categorical, num_buckets: 5000, max_len: 20, combiner: mean}
     - {name: ad_id, type: categorical, dtype: string, dynamic: {capacity: 1000000, admit_after: 2}}
+    - {name: hist_query, type: sequence, dtype: string, share_with: query, max_len: 20}
   labels: {click: click, pay: pay}
   group_id: user_id            # GAUC groups; optional
   oracle: {click: oracle_click, pay: oracle_pay}   # optional true probabilities (synthetic data)
@@ -18,6 +19,9 @@ Embedding row 0 is shared by OOV, missing and padding values of a feature. A
 ``vocab_file`` has one value per line, optionally ``value<TAB>count``; with counts,
 values seen ``<= min_count`` times map to OOV. A ``dynamic`` feature needs no vocabulary:
 raw ids get rows of a fixed-capacity table as training sees them (ssr_tf/layers/dynamic_ids.py).
+A ``sequence`` (a behaviour history, most recent first) looks its values up in the table of
+the feature it ``share_with``s and is pooled against that feature's embedding by target
+attention (docs/sequences.md).
 """
 from __future__ import annotations
 
@@ -32,7 +36,9 @@ import yaml
 from ssr_tf.config import TASKS, from_dict, yaml_problem
 from ssr_tf.errors import ConfigError
 
-FEATURE_TYPES = ("categorical", "numeric", "multi_categorical")
+FEATURE_TYPES = ("categorical", "numeric", "multi_categorical", "sequence")
+POOLINGS = ("attention", "mean", "sum")
+DEFAULT_ATTENTION_UNITS = (80, 40)
 
 
 @dataclasses.dataclass
@@ -58,7 +64,7 @@ class Feature:
 
   Attributes:
     name: key in the tf.Example.
-    type: categorical | numeric | multi_categorical.
+    type: categorical | numeric | multi_categorical | sequence.
     dtype: int64 or string (categorical kinds); numeric features are float32.
     num_buckets: identity ids in [0, num_buckets); anything else is OOV.
     vocab_file: vocabulary, one value (optionally value<TAB>count) per line.
@@ -68,10 +74,19 @@ class Feature:
     boundaries: bucket boundaries on the log1p scale (log_bucketize).
     mean: dense numerics are standardised as (v - mean) / std.
     std: see mean.
-    max_len: multi_categorical: values kept per record (padding/truncation).
+    max_len: multi_categorical: values kept per record; sequence: history items kept, most
+      recent first (padding/truncation).
     combiner: multi_categorical pooling: mean or sum over present values.
     embedding_dim: overrides model.embedding_dim for this feature.
     dynamic: raw ids (int64 or string) get rows as training sees them; see DynamicIds.
+    share_with: sequence: the categorical or multi_categorical feature whose vocabulary and
+      embedding table the history items use (required; dtype must match; no table of its own).
+    pooling: sequence: attention (DIN target attention), mean or sum over present items;
+      null: attention. Not on side_of members, which use their group's weights.
+    attention_units: sequence, pooling attention: hidden sizes of the attention MLP (sigmoid
+      activations, as DIN); null: [80, 40].
+    side_of: sequence: the main sequence whose items these values describe (e.g. each
+      history item's genres); same max_len; pooled with the main sequence's weights.
     context: a request-level feature (user, request) that the context serving signature
       takes once per request, not per candidate (docs/serving.md)
   """
@@ -91,10 +106,18 @@ class Feature:
   embedding_dim: Optional[int] = None
   dynamic: Optional[DynamicIds] = None
   context: bool = False
+  share_with: Optional[str] = None
+  pooling: Optional[str] = None
+  attention_units: Optional[list[int]] = None
+  side_of: Optional[str] = None
 
   @property
   def is_categorical(self) -> bool:
     return self.type in ("categorical", "multi_categorical")
+
+  @property
+  def is_sequence(self) -> bool:
+    return self.type == "sequence"
 
   def vocabulary(self) -> list:
     """Vocabulary values kept after the min_count rule (vocab_file features)."""
@@ -115,6 +138,8 @@ class Feature:
     if self.type == "numeric":
       rows = (["dense", self.mean, self.std] if self.transform == "dense"
               else ["buckets", *self.boundaries])
+    elif self.is_sequence:
+      rows = ["share_with", self.share_with]
     elif self.dynamic is not None:
       rows = ["dynamic", self.dynamic.capacity, self.dynamic.fallback_rows]
     elif self.num_buckets is not None:
@@ -127,7 +152,10 @@ class Feature:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
   def table_size(self) -> int:
-    """Rows of the embedding table (row 0 = OOV/missing); 0 for dense numerics."""
+    """Rows of the embedding table (row 0 = OOV/missing); 0 for dense numerics and
+    sequences (they use their share_with feature's table)."""
+    if self.is_sequence:
+      return 0
     if self.type == "numeric":
       return 0 if self.transform == "dense" else len(self.boundaries) + 2
     if self.dynamic is not None:
@@ -150,6 +178,67 @@ def _check_dynamic(f: Feature, path: str) -> None:
     raise ConfigError(f"{path}.dynamic.admit_after: must be >= 1, got {d.admit_after}")
   if d.fallback_rows < 1:
     raise ConfigError(f"{path}.dynamic.fallback_rows: must be >= 1, got {d.fallback_rows}")
+
+
+_SEQUENCE_KEYS = ("share_with", "pooling", "attention_units", "side_of")
+
+
+def _check_sequence(f: Feature, path: str, by_name: dict[str, Feature]) -> None:
+  """A sequence's keys, once every feature is known (targets may come later in the list)."""
+  if f.dtype not in ("int64", "string"):
+    raise ConfigError(f"{path}.dtype: must be int64 or string, got {f.dtype!r}")
+  for k in ("num_buckets", "vocab_file", "hash_buckets", "dynamic"):
+    if getattr(f, k) is not None:
+      raise ConfigError(f"{path}.{k}: a sequence has no table of its own; it uses the table "
+                        "of the feature named by share_with (remove it)")
+  if f.max_len <= 0:
+    raise ConfigError(f"{path}.max_len: must be > 0")
+  if not f.share_with:
+    raise ConfigError(f"{path}.share_with: required: the categorical or multi_categorical "
+                      "feature whose embedding table the history items use")
+  target = by_name.get(f.share_with)
+  if target is None:
+    raise ConfigError(f"{path}.share_with: no feature named {f.share_with!r}")
+  if target.type not in ("categorical", "multi_categorical"):
+    raise ConfigError(f"{path}.share_with: {f.share_with!r} is a {target.type} feature; "
+                      "a sequence shares the table of a categorical or multi_categorical one")
+  if target.dynamic is not None:
+    raise ConfigError(f"{path}.share_with: {f.share_with!r} has dynamic ids, whose rows are "
+                      "assigned by admission as training sees the ids; history ids would have "
+                      "to go through admission too. Give it hash_buckets or a vocabulary")
+  if f.dtype != target.dtype:
+    raise ConfigError(f"{path}.dtype: {f.dtype} differs from the dtype of {f.share_with!r} "
+                      f"({target.dtype}), whose table it shares")
+  if f.side_of is not None:
+    main = by_name.get(f.side_of)
+    if main is None or main.type != "sequence":
+      raise ConfigError(f"{path}.side_of: {f.side_of!r} is not a sequence feature")
+    if main is f or main.side_of is not None:
+      raise ConfigError(f"{path}.side_of: {f.side_of!r} is itself a side_of member; name "
+                        "the main sequence")
+    if main.max_len != f.max_len:
+      raise ConfigError(f"{path}.max_len: {f.max_len} differs from the max_len of "
+                        f"{f.side_of!r} ({main.max_len}); side features have one entry per "
+                        "history item")
+    for k in ("pooling", "attention_units"):
+      if getattr(f, k) is not None:
+        raise ConfigError(f"{path}.{k}: a side_of member is pooled with the weights of "
+                          f"{f.side_of!r}; set {k} there (remove it here)")
+    return
+  if f.pooling is None:
+    f.pooling = "attention"
+  if f.pooling not in POOLINGS:
+    raise ConfigError(f"{path}.pooling: must be one of {POOLINGS}, got {f.pooling!r}")
+  if f.pooling != "attention":
+    if f.attention_units is not None:
+      raise ConfigError(f"{path}.attention_units: only pooling attention has an attention "
+                        f"MLP (pooling is {f.pooling})")
+    return
+  if f.attention_units is None:
+    f.attention_units = list(DEFAULT_ATTENTION_UNITS)
+  if not f.attention_units or any(u <= 0 for u in f.attention_units):
+    raise ConfigError(f"{path}.attention_units: give one or more layer sizes > 0, got "
+                      f"{f.attention_units}")
 
 
 def check_labels(where: str, labels: dict) -> None:
@@ -183,6 +272,11 @@ class FeatureSpec:
       names.add(f.name)
       if f.type not in FEATURE_TYPES:
         raise ConfigError(f"{path}.type: {f.type!r} is not one of {FEATURE_TYPES}")
+      if f.is_sequence:
+        continue                                   # checked below, all features known
+      for k in _SEQUENCE_KEYS:
+        if getattr(f, k) is not None:
+          raise ConfigError(f"{path}.{k}: only sequence features take it, not {f.type}")
       if f.is_categorical:
         if f.dtype not in ("int64", "string"):
           raise ConfigError(f"{path}.dtype: must be int64 or string, got {f.dtype!r}")
@@ -224,11 +318,42 @@ class FeatureSpec:
             raise ConfigError(f"{path}.boundaries: must be increasing")
         if f.std <= 0:
           raise ConfigError(f"{path}.std: must be > 0")
+    by_name = {f.name: f for f in self.features}
+    for i, f in enumerate(self.features):
+      if f.is_sequence:
+        _check_sequence(f, f"{where}: features[{i}] ({f.name})", by_name)
     check_labels(where, self.labels)
 
   @property
   def feature_names(self) -> list[str]:
     return [f.name for f in self.features]
+
+  def feature(self, name: str) -> Feature:
+    for f in self.features:
+      if f.name == name:
+        return f
+    raise KeyError(name)
+
+  def rows_of(self, f: Feature) -> Feature:
+    """The feature whose encoding and table `f` uses: its share_with target for a
+    sequence, else itself."""
+    return self.feature(f.share_with) if f.is_sequence else f
+
+  def value_shape(self, f: Feature) -> list[int]:
+    """Per-record shape of `f` as the model takes it: [] single-valued, [max_len]
+    multi_categorical, [max_len] sequence of a single-valued target, [max_len, K] sequence
+    of a multi_categorical target with max_len K."""
+    if f.type == "multi_categorical":
+      return [f.max_len]
+    if f.is_sequence:
+      target = self.rows_of(f)
+      return [f.max_len, target.max_len] if target.type == "multi_categorical" else [f.max_len]
+    return []
+
+  def sequence_groups(self) -> list[list[Feature]]:
+    """Each main sequence followed by its side_of members, in spec order."""
+    return [[m, *(s for s in self.features if s.is_sequence and s.side_of == m.name)]
+            for m in self.features if m.is_sequence and m.side_of is None]
 
   def has_pay(self) -> bool:
     return "pay" in self.labels

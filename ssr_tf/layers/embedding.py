@@ -9,9 +9,10 @@ import dataclasses
 
 import tensorflow as tf
 
-from ssr_tf.features import Feature, FeatureSpec
+from ssr_tf.features import DEFAULT_ATTENTION_UNITS, Feature, FeatureSpec
 from ssr_tf.config import from_dict
 from ssr_tf.layers.dynamic_ids import DynamicIdTable, fingerprint
+from ssr_tf.layers.sequence import TargetAttention
 
 
 def spec_to_config(spec: FeatureSpec) -> dict:
@@ -30,6 +31,7 @@ class FeatureEncoder(tf.keras.layers.Layer):
   hash_buckets: hash(str(v)) mod H + 1; dynamic: the id's key (int64 id, or a string's
   64-bit fingerprint; -1 if missing), which DynamicIdTable maps to a row. numeric log_bucketize:
   bucketize(sign(v) log1p|v|) + 1 (NaN -> 0); dense: (v - mean) / std (NaN -> 0).
+  A sequence is encoded as its share_with feature, value by value.
   """
 
   def __init__(self, spec: FeatureSpec | dict, **kwargs):
@@ -69,7 +71,8 @@ class FeatureEncoder(tf.keras.layers.Layer):
     return tf.where(empty, tf.zeros_like(ids), ids)
 
   def call(self, inputs: dict) -> dict:
-    return {f.name: self.encode(f, inputs[f.name]) for f in self.spec.features}
+    return {f.name: self.encode(self.spec.rows_of(f), inputs[f.name])
+            for f in self.spec.features}
 
   def get_config(self):
     return {**super().get_config(), "spec": spec_to_config(self.spec)}
@@ -87,7 +90,12 @@ class FeatureEmbedding(tf.keras.layers.Layer):
   """Encoded features -> field embeddings ``[batch, F, dim]`` (the paper's x is their concat).
 
   Categorical: table lookup; multi-valued: mean/sum over present ids; dense numeric:
-  v * w_f + b_f. ``l2`` adds l2 * sum(e^2) / batch over the rows used in the batch.
+  v * w_f + b_f. A sequence looks its items up in its share_with feature's table (a
+  multi-valued item is the mean of its present values) and is pooled to one field: target
+  attention (TargetAttention, against the share_with feature's field) or the mean/sum of
+  present items; side_of members are pooled with their main sequence's weights, and the
+  attention sees the group's per-item embeddings and targets concatenated (see
+  docs/sequences.md). ``l2`` adds l2 * sum(e^2) / batch over the rows used in the batch.
   Dynamic features look their rows up in a DynamicIdTable, which training calls update;
   a row given to a new id is re-initialised, and ``reassigned`` holds those rows per
   table variable for the optimizer to reset its slots.
@@ -102,11 +110,18 @@ class FeatureEmbedding(tf.keras.layers.Layer):
     self.id_tables = {f.name: DynamicIdTable(f.dynamic.capacity, f.dynamic.admit_after,
                                              f.dynamic.fallback_rows, name=f"ids_{f.name}")
                       for f in self.spec.features if f.dynamic is not None}
+    self.attention = {g[0].name: TargetAttention(g[0].attention_units or
+                                                 DEFAULT_ATTENTION_UNITS,
+                                                 name=f"attention_{g[0].name}")
+                      for g in self.spec.sequence_groups() if
+                      (g[0].pooling or "attention") == "attention"}
     self._step_state = _StepState()
 
   def build(self, input_shape):
     self.tables = {}
     for f in self.spec.features:
+      if f.is_sequence:
+        continue                                  # uses its share_with feature's table
       if f.type == "numeric" and f.transform == "dense":
         self.tables[f.name] = self.add_weight(
             f"dense_{f.name}", shape=[2, self.dim],
@@ -143,11 +158,46 @@ class FeatureEmbedding(tf.keras.layers.Layer):
     """{feature: (table, rows given to new ids)} of the latest training call."""
     return self._step_state.reassigned
 
+  def history_items(self, f: Feature, ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """A sequence's per-position embeddings ``[batch, L, dim]``, present positions
+    ``[batch, L]`` (bool) and its L2 term (squares of the present rows)."""
+    rows = tf.nn.embedding_lookup(self.tables[f.share_with], ids)  # [batch, L(, K), dim]
+    present = ids > 0                                              # [batch, L(, K)]
+    mask = tf.cast(present, rows.dtype)[..., None]
+    penalty = tf.reduce_sum(tf.square(rows * mask)) if self.l2 else 0.0
+    if ids.shape.rank == 3:                     # multi-valued items: mean over present values
+      items = tf.reduce_sum(rows * mask, axis=2) / tf.maximum(tf.reduce_sum(mask, axis=2), 1.0)
+      return items, tf.reduce_any(present, axis=2), penalty
+    return rows, present, penalty
+
+  def pool_group(self, group: list[Feature], encoded: dict, fields: dict) -> tuple[dict, tf.Tensor]:
+    """{member: [batch, dim]} for a main sequence and its side_of members, and their L2."""
+    items, penalty = [], 0.0
+    for f in group:
+      e, present, p = self.history_items(f, encoded[f.name])
+      items.append(e)
+      penalty += p
+      if f is group[0]:
+        mask = present                                             # the main items' positions
+    history = tf.concat(items, axis=-1)                            # [batch, L, n * dim]
+    main = group[0]
+    if main.name in self.attention:
+      target = tf.concat([fields[f.share_with] for f in group], axis=-1)   # [batch, n * dim]
+      pooled = self.attention[main.name](history, target, mask=mask)     # [batch, n * dim]
+    else:
+      m = tf.cast(mask, history.dtype)[..., None]
+      pooled = tf.reduce_sum(history * m, axis=1)
+      if main.pooling == "mean":
+        pooled = pooled / tf.maximum(tf.reduce_sum(m, axis=1), 1.0)
+    return dict(zip([f.name for f in group], tf.split(pooled, len(group), axis=-1))), penalty
+
   def call(self, inputs: dict, training=None):
     encoded = self.encoder(inputs)
-    fields, penalty = [], 0.0
+    fields, penalty = {}, 0.0
     self._step_state.reassigned = {}
     for f in self.spec.features:
+      if f.is_sequence:
+        continue
       ids = encoded[f.name]
       table = self.tables[f.name]
       if f.dynamic is not None:
@@ -166,22 +216,64 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         e = tf.nn.embedding_lookup(table, ids)                    # [batch, dim]
         if self.l2:
           penalty += tf.reduce_sum(tf.square(e))
-      fields.append(e)
+      fields[f.name] = e
+    for group in self.spec.sequence_groups():
+      pooled, p = self.pool_group(group, encoded, fields)
+      fields.update(pooled)
+      penalty += p
+    out = tf.stack([fields[f.name] for f in self.spec.features], axis=1)   # [batch, F, dim]
     if self.l2:
-      batch = tf.cast(tf.shape(fields[0])[0], tf.float32)
+      batch = tf.cast(tf.shape(out)[0], tf.float32)
       self.add_loss(self.l2 * penalty / batch)
-    return tf.stack(fields, axis=1)                               # [batch, F, dim]
+    return out
 
   def get_config(self):
     return {**super().get_config(), "spec": spec_to_config(self.spec), "dim": self.dim,
             "l2": self.l2}
 
+  # -- context serving (ssr_tf/context.py): request-level features embedded once ----------
+  def context_fields(self, context: dict, candidates: dict, rows: tf.Tensor) -> tf.Tensor:
+    """Field embeddings ``[rows, F, dim]`` for inference when the features in `context`
+    hold one row shared by every candidate and those in `candidates` hold `rows` rows.
+
+    e_f = embed(encode(v_f)) of the single context row, broadcast to all `rows`
+    (e_f[i] = e_f[0]); candidate fields as in ``call``. Equals ``call`` on the merged
+    rows (every candidate carrying the context's values); no l2 loss, no id admission.
+    """
+    fields = []
+    for f in self.spec.features:
+      shared = f.name in context
+      e = self._inference_field(f, self.encoder.encode(
+          f, context[f.name] if shared else candidates[f.name]))
+      fields.append(tf.broadcast_to(e, tf.stack([rows, tf.shape(e)[1]])) if shared else e)
+    return tf.stack(fields, axis=1)                               # [rows, F, dim]
+
+  def _inference_field(self, f: Feature, ids: tf.Tensor) -> tf.Tensor:
+    """One field's embedding ``[batch, dim]`` from its encoded ids (inference: the
+    per-feature step of ``call``)."""
+    if f.type not in ("categorical", "numeric", "multi_categorical"):
+      raise ValueError(f"feature '{f.name}': context serving embeds categorical, "
+                       f"multi_categorical and numeric features, not {f.type}")
+    table = self.tables[f.name]
+    if f.dynamic is not None:
+      ids = self.dynamic_rows(f, ids, training=False)
+    if f.type == "numeric" and f.transform == "dense":
+      return ids[:, None] * table[0][None] + table[1][None]
+    if f.type == "multi_categorical":
+      rows = tf.nn.embedding_lookup(table, ids)
+      mask = tf.cast(ids > 0, rows.dtype)[..., None]
+      e = tf.reduce_sum(rows * mask, axis=1)
+      if f.combiner == "mean":
+        e = e / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+      return e
+    return tf.nn.embedding_lookup(table, ids)
+
 
 def raw_input_signature(spec: FeatureSpec) -> dict[str, tf.TensorSpec]:
-  """One TensorSpec per feature as the model takes it (multi-valued padded to max_len)."""
+  """One TensorSpec per feature as the model takes it (multi-valued padded to max_len;
+  sequences [None, max_len] or, for a multi_categorical target, [None, max_len, K])."""
   dtypes = {"int64": tf.int64, "string": tf.string, "float32": tf.float32}
   sig = {}
   for f in spec.features:
-    shape = [None, f.max_len] if f.type == "multi_categorical" else [None]
-    sig[f.name] = tf.TensorSpec(shape, dtypes[f.dtype], name=f.name)
+    sig[f.name] = tf.TensorSpec([None, *spec.value_shape(f)], dtypes[f.dtype], name=f.name)
   return sig

@@ -147,7 +147,7 @@ def build_model(spec: FeatureSpec, model_cfg: ModelConfig) -> RankingModel:
 def dummy_batch(spec: FeatureSpec, batch: int = 2) -> dict:
   out = {}
   for f in spec.features:
-    shape = [batch, f.max_len] if f.type == "multi_categorical" else [batch]
+    shape = [batch, *spec.value_shape(f)]
     if f.dtype == "string":
       out[f.name] = tf.fill(shape, "")
     elif f.dtype == "int64":
