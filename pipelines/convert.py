@@ -1,4 +1,5 @@
-"""`ssr_tf data convert`: raw Criteo / Avazu / Taobao / CSV logs -> TFRecords + spec.
+"""`ssr_tf data convert`: raw Criteo / Avazu / Taobao / CSV / interaction logs -> TFRecords
++ spec.
 
 Example (Criteo's train.txt as released)::
 
@@ -38,7 +39,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
       "vocabularies, a feature spec, stats and a ready-to-train config.",
       epilog="Arguments after the known ones go to Beam's PipelineOptions "
       "(e.g. --project, --region, --temp_location for DataflowRunner).")
-  p.add_argument("--format", required=True, help="criteo | avazu | taobao | csv")
+  p.add_argument("--format", required=True,
+                 help="criteo | avazu | taobao | csv | interactions (an event log "
+                 "user, item, time, label + side tables -> records with behaviour "
+                 "histories; needs --mapping, see docs/data.md)")
   p.add_argument("--input", nargs="+", default=[], metavar="PATH",
                  help="input files, split by --split (plain or .gz)")
   p.add_argument("--train_input", nargs="+", default=[], metavar="PATH",
@@ -49,7 +53,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                  help="pre-split test files")
   p.add_argument("--output", required=True, metavar="DIR", help="output folder")
   p.add_argument("--mapping", default=None, metavar="MAP.yaml",
-                 help="--format csv: columns -> feature types, labels, group id")
+                 help="--format csv: columns -> feature types, labels, group id; "
+                 "--format interactions: events, items, users, history")
   p.add_argument("--spec", default=None, metavar="SPEC.yaml",
                  help="reuse the vocabularies, boundaries and min_count of an earlier "
                  "conversion's spec (e.g. to convert new logs for scoring; local runner)")
@@ -89,6 +94,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                  help="Beam: input bytes per parallel chunk (64)")
   p.add_argument("--batch_size", type=int, default=1024, help="config.yaml data.batch_size")
   p.add_argument("--epochs", type=int, default=1, help="config.yaml train.epochs")
+  p.add_argument("--strict_keys", action="store_true",
+                 help="--format interactions: an event whose item (user) is not in the "
+                 "side table fails the run (default: counted, features missing)")
+  p.add_argument("--sort_rows", type=int, default=1_000_000, metavar="N",
+                 help="--format interactions: events sorted in memory per chunk when the "
+                 "input is not in time order (external sort; 1000000)")
   p.add_argument("--progress_every", type=float, default=5.0, help="seconds between "
                  "progress lines on stderr")
   p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -212,6 +223,10 @@ def convert(argv: list[str], prog: str = "ssr_tf data convert") -> dict:
   args, extra = parser.parse_known_args(argv)
   if extra and args.runner == "local":
     raise ConfigError(f"unknown arguments {extra} (Beam options need --runner)")
+  if args.format == "interactions":
+    from ssr_tf.pipelines import interactions  # pylint: disable=import-outside-toplevel
+    _check(args)
+    return interactions.convert_from_args(args)
   plan = plan_from_args(args)
   start = time.time()
   if args.runner == "local":
