@@ -227,6 +227,9 @@ def convert(argv: list[str], prog: str = "ssr_tf data convert") -> dict:
     from ssr_tf.pipelines import interactions  # pylint: disable=import-outside-toplevel
     _check(args)
     return interactions.convert_from_args(args)
+  if args.format not in schema_lib.FORMATS:
+    raise ConfigError(f"--format: unknown format {args.format!r}; choose one of "
+                      f"{', '.join(schema_lib.FORMATS + ('interactions',))}")
   plan = plan_from_args(args)
   start = time.time()
   if args.runner == "local":

@@ -49,6 +49,7 @@ from ssr_tf.pipelines.transforms import SPLITS
 
 DNN = {"name": "dnn", "embedding_dim": 16, "backbone": {"hidden_units": [400, 400, 400]}}
 SPILL_BLOCK = 4096              # events per pickle record of a spill file
+TIME_CELLS = 200_000            # distinct time values counted before they are coarsened
 Event = tuple                   # (time, user, item, label)
 
 
@@ -209,15 +210,29 @@ class Scan:
   rows: int = 0
   in_order: bool = True
   times: dict = dataclasses.field(default_factory=dict)
+  time_step: float = 0          # times are counted in cells of this many seconds (0: exact)
   missing_items: int = 0
   missing_users: int = 0
   missing_item_keys: set = dataclasses.field(default_factory=set)
   missing_user_keys: set = dataclasses.field(default_factory=set)
 
 
-def scan(st: Setup, bad: BadRows, strict_keys: bool) -> Scan:
-  """Pass 1: checks every row; sets the id dtypes; time histogram and order."""
+def coarsen(times: dict, step: float) -> dict:
+  """The time histogram `times` in cells of `step` seconds (keyed by each cell's start)."""
+  out: dict = {}
+  for t, n in times.items():
+    k = (t // step) * step
+    out[k] = out.get(k, 0) + n
+  return out
+
+
+def scan(st: Setup, bad: BadRows, strict_keys: bool, count_times: bool) -> Scan:
+  """Pass 1: checks every row; sets the id dtypes; time order and, with `count_times`,
+  the time histogram (the --split time thresholds). The histogram keeps at most
+  TIME_CELLS cells: beyond that its cells double in width (1, 2, 4, ... seconds), so a
+  threshold is the start of a cell and events of one cell share a split."""
   sc = Scan()
+  times, step = sc.times, 0
   user_int = item_int = True
   last = None
   tables = [(st.mapping.items, st.items, 1, "missing_items", "missing_item_keys"),
@@ -227,7 +242,13 @@ def scan(st: Setup, bad: BadRows, strict_keys: bool) -> Scan:
     if last is not None and t < last:
       sc.in_order = False
     last = t
-    sc.times[t] = sc.times.get(t, 0) + 1
+    if count_times:
+      k = t if not step else (t // step) * step
+      times[k] = times.get(k, 0) + 1
+      if len(times) > TIME_CELLS:
+        while len(times) > TIME_CELLS // 2:
+          step = step * 2 if step else 1
+          times = coarsen(times, step)
     if user_int and not im.int_like(user):
       user_int = False
     if item_int and not im.int_like(item):
@@ -244,6 +265,7 @@ def scan(st: Setup, bad: BadRows, strict_keys: bool) -> Scan:
         getattr(sc, keys).add(key)
   if sc.rows == 0:
     raise DataError(f"{st.events[0].file.path}: no data rows in the input files")
+  sc.times, sc.time_step = times, step
   st.user_dtype = "int64" if user_int else "string"
   st.item_dtype = "int64" if item_int else "string"
   return sc
@@ -420,7 +442,7 @@ def run(m: im.InteractionMapping, inputs: list[str], out_dir: str,
   A failed run leaves nothing behind (the outputs are committed at the end)."""
   bad = BadRows(options.skip_bad_rows)
   st = make_setup(m, inputs, options.max_len, bad)
-  sc = scan(st, bad, strict_keys)
+  sc = scan(st, bad, strict_keys, count_times=rule.auto_time)
   typed(st)
   st.bad_lines = bad.seen
   if rule.auto_time:
@@ -534,6 +556,8 @@ def _write_metadata(st: Setup, sc: Scan, bad: BadRows, rule: transforms.SplitRul
       "events": sum(acc.rows), "input_in_time_order": sc.in_order,
       "distinct_users": len(users), "distinct_items": len(items),
       "missing_keys": {}}
+  if rule.kind == "time":
+    inter["time_cell_seconds"] = sc.time_step or None   # None: thresholds from exact times
   del users, items
   for kind, count, keys in (("items", sc.missing_items, sc.missing_item_keys),
                             ("users", sc.missing_users, sc.missing_user_keys)):
