@@ -100,9 +100,14 @@ class ServingCore:
                  deadline: Optional[float] = None) -> predict_pb2.PredictResponse:
     sig = servable.signature(request.model_spec.signature_name)
     feeds = {name: tensor_to_ndarray(name, tp) for name, tp in request.inputs.items()}
-    rows = check_feeds(sig.name, sig.inputs, feeds, self.max_request_rows)
-    wanted = self._output_filter(sig, request.output_filter)
-    out = self.infer(servable, sig, feeds, rows, deadline)
+    if examples_lib.is_context_signature(sig):       # one context + N candidates: not merged
+      examples_lib.check_context_feeds(sig.name, feeds, self.max_request_rows)
+      wanted = self._output_filter(sig, request.output_filter)
+      out = servable.run(sig, feeds)
+    else:
+      rows = check_feeds(sig.name, sig.inputs, feeds, self.max_request_rows)
+      wanted = self._output_filter(sig, request.output_filter)
+      out = self.infer(servable, sig, feeds, rows, deadline)
     resp = predict_pb2.PredictResponse()
     self._fill_spec(resp.model_spec, servable, sig.name)
     for name in wanted:
@@ -140,6 +145,9 @@ class ServingCore:
   def _run_examples(self, servable: Servable, spec: model_pb2.ModelSpec, inp: input_pb2.Input,
                     deadline: Optional[float]) -> tuple[Signature, dict[str, np.ndarray]]:
     sig = servable.signature(spec.signature_name)
+    routed = examples_lib.context_feeds(servable, sig, inp, self.max_request_rows)
+    if routed is not None:                           # ExampleListWithContext, context export
+      return sig, servable.run(*routed)
     name = sig.examples_input()
     if name is None:
       raise invalid(f"signature '{sig.name}' does not take serialized tf.Examples (its inputs "

@@ -4,17 +4,24 @@ The export contract's ``predict_raw`` signature has one input per feature (int64
 string / float32, ``[batch]`` or ``[batch, max_len]`` for multi-valued ones), so its
 metadata tells a client or the server how to type the values of a CSV or JSON row and
 which features are lists. Used by warm-up, ``ssr_tf score`` and the benchmark.
+
+Context + candidates requests (docs/serving.md, "Context and candidates"): the server
+validates a ``context_candidates`` request and routes an ExampleListWithContext to it
+(:func:`check_context_feeds`, :func:`context_feeds`); clients split rows into one context
+and its candidates per run of equal context-feature values (:func:`split_context`).
 """
 from __future__ import annotations
 
 import re
 from typing import Any, Mapping, Optional, Sequence
 
+import grpc
 import numpy as np
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow.core.framework import types_pb2
 
 from ssr_tf.errors import DataError
+from ssr_tf.serving.tensors import ServingError, invalid
 
 _SPLIT = re.compile(r"[|;,\s]+")
 
@@ -182,3 +189,107 @@ def zero_feeds(inputs: Mapping[str, Any], rows: int) -> dict[str, np.ndarray]:
       arr = np.zeros([rows] + dims, dtype=spec.np_dtype)
     feeds[name] = arr
   return feeds
+
+
+# -- context + candidates (ssr_tf/context.py's signature) ---------------------------------
+CONTEXT_SIGNATURE = "context_candidates"
+CONTEXT_FEATURES_SIGNATURE = "context_features"
+CONTEXT_INPUT = "context"
+CANDIDATES_INPUT = "candidates"
+
+
+def context_feature_names(signatures: Mapping[str, Any]) -> list[str]:
+  """The context features an export declares (its ``context_features`` signature's outputs;
+  SignatureDef protos or resolved signatures), sorted; [] for exports without them or
+  without a ``context_candidates`` signature."""
+  sig = signatures.get(CONTEXT_FEATURES_SIGNATURE)
+  if sig is None or CONTEXT_SIGNATURE not in signatures:
+    return []
+  return sorted(sig.outputs)
+
+
+def is_context_signature(sig: Any) -> bool:
+  """True for a signature of one context and N candidates (serialized tf.Examples)."""
+  return set(sig.inputs) == {CONTEXT_INPUT, CANDIDATES_INPUT}
+
+
+def check_context_feeds(signature: str, arrays: Mapping[str, np.ndarray], max_rows: int) -> int:
+  """Validates the inputs of a context signature; returns the number of candidates N.
+
+  INVALID_ARGUMENT for a missing/unknown input, a non-string dtype, a ``context`` that is
+  not one example (shape [] or [1]), ``candidates`` not of rank 1 or empty;
+  RESOURCE_EXHAUSTED for N > `max_rows` (as every request above --max_request_rows).
+  """
+  wanted = (CANDIDATES_INPUT, CONTEXT_INPUT)
+  for name in sorted(arrays):
+    if name not in wanted:
+      raise invalid(f"input '{name}' is not an input of signature '{signature}'; it takes "
+                    f"{list(wanted)}")
+  for name in wanted:
+    if name not in arrays:
+      raise invalid(f"input '{name}' is missing; signature '{signature}' takes {list(wanted)}")
+    if arrays[name].dtype != object:
+      raise invalid(f"input '{name}': expected DT_STRING (serialized tf.Example), got "
+                    f"{arrays[name].dtype}")
+  ctx, cand = arrays[CONTEXT_INPUT], arrays[CANDIDATES_INPUT]
+  if ctx.ndim > 1 or ctx.size != 1:
+    raise invalid(f"input '{CONTEXT_INPUT}': one serialized tf.Example per request (shape [] "
+                  f"or [1]), got shape {list(ctx.shape)}")
+  if cand.ndim != 1:
+    raise invalid(f"input '{CANDIDATES_INPUT}': expected shape [N], got {list(cand.shape)}")
+  n = cand.shape[0]
+  if n == 0:
+    raise invalid(f"input '{CANDIDATES_INPUT}': 0 candidates; a request needs at least one")
+  if n > max_rows:
+    raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       f"input '{CANDIDATES_INPUT}': {n} candidates; this server takes at most "
+                       f"{max_rows} per request (--max_request_rows); split it")
+  return n
+
+
+def context_feeds(servable: Any, sig: Any, inp: Any, max_rows: int
+                  ) -> Optional[tuple[Any, dict[str, np.ndarray]]]:
+  """(context signature, feeds) for a Classify/Regress ``Input`` that the export can score
+  on its context path: an ExampleListWithContext sent to ``serving_default`` of an export
+  with a ``context_candidates`` signature. None otherwise (the request runs flat, the
+  context merged into each example)."""
+  if inp.WhichOneof("kind") != "example_list_with_context" or sig.name != "serving_default":
+    return None
+  ctx_sig = servable.signatures.get(CONTEXT_SIGNATURE)
+  if ctx_sig is None:
+    return None
+  wc = inp.example_list_with_context
+  cand = np.empty(len(wc.examples), dtype=object)
+  cand[:] = [e.SerializeToString() for e in wc.examples]
+  ctx = np.empty(1, dtype=object)
+  ctx[0] = wc.context.SerializeToString()
+  feeds = {CONTEXT_INPUT: ctx, CANDIDATES_INPUT: cand}
+  check_context_feeds(ctx_sig.name, feeds, max_rows)
+  return ctx_sig, feeds
+
+
+def split_context(examples: Sequence[Any], names: Sequence[str]
+                  ) -> list[tuple[bytes, list[bytes], int]]:
+  """Groups consecutive tf.Examples (protos or bytes) with equal values of the context
+  features `names`: [(context example, candidate examples, index of the first)], the
+  context holding the group's context features and each candidate the rest."""
+  groups: list[tuple[bytes, list[bytes], int]] = []
+  last = None
+  for i, e in enumerate(examples):
+    ex = example_pb2.Example.FromString(e) if isinstance(e, bytes) else e
+    fmap = ex.features.feature
+    key = tuple(fmap[n].SerializeToString() if n in fmap else None for n in names)
+    cand = example_pb2.Example()
+    cand.CopyFrom(ex)
+    for n in names:
+      if n in cand.features.feature:
+        del cand.features.feature[n]
+    if key != last:
+      ctx = example_pb2.Example()
+      for n in names:
+        if n in fmap:
+          ctx.features.feature[n].CopyFrom(fmap[n])
+      groups.append((ctx.SerializeToString(), [], i))
+      last = key
+    groups[-1][1].append(cand.SerializeToString())
+  return groups

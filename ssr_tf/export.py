@@ -3,6 +3,9 @@
 Layout ``DIR/<version>/saved_model.pb``. Signatures:
   serving_default(examples: string[batch] serialized tf.Example) -> click_prob, pay_prob
   predict_raw(<one tensor per feature>) -> click_prob, pay_prob
+and, when the spec marks context features (``context: true``, ssr_tf/context.py):
+  context_candidates(context: string [] or [1], candidates: string[N]) -> click_prob, pay_prob
+  context_features() -> one int64 scalar per context feature (names them in the metadata)
 A model of a click-only data set (no pay label in its spec) outputs click_prob alone.
 Each version also ships ``assets.extra/tf_serving_warmup_requests``: PredictionLog records
 of real examples that TF Serving (``--enable_model_warmup``, its default) and ``ssr_tf
@@ -12,29 +15,32 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Optional
+from typing import Optional, Sequence
 
 import tensorflow as tf
 
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+from ssr_tf import context as context_lib
 from ssr_tf import data as data_lib
 from ssr_tf import task
 from ssr_tf.config import ExperimentConfig
 from ssr_tf.errors import UserError
 from ssr_tf.layers.embedding import raw_input_signature
+from ssr_tf.serving.examples import split_context
 from ssr_tf.serving.servable import WARMUP_FILE
 
 WARMUP_BATCHES = (1, 32, 128)
 
 
 class ServingModule(tf.Module):
-  """Wraps the Keras model with the two serving signatures."""
+  """Wraps the Keras model with the serving signatures (two, four with context features)."""
 
   def __init__(self, model, spec):
     super().__init__()
     self.model = model
     self._spec = spec
+    context_lib.check_context_spec(spec)
 
   def serve_examples(self, examples):
     features = data_lib.parse_features(examples, self._spec)
@@ -49,7 +55,19 @@ class ServingModule(tf.Module):
         tf.TensorSpec([None], tf.string, name="examples"))
     raw = tf.function(lambda **features: self.predict(features)).get_concrete_function(
         **raw_input_signature(self._spec))
-    return {"serving_default": examples, "predict_raw": raw}
+    sigs = {"serving_default": examples, "predict_raw": raw}
+    if context_lib.context_names(self._spec):
+      sigs[context_lib.SIGNATURE] = tf.function(self.serve_context).get_concrete_function(
+          **context_lib.input_signature())
+      sigs[context_lib.FEATURES_SIGNATURE] = tf.function(
+          lambda: context_lib.features_outputs(self._spec)).get_concrete_function()
+    return sigs
+
+  def serve_context(self, context, candidates):
+    """One context tf.Example and N candidates -> scores [N] (ssr_tf/context.py)."""
+    out = context_lib.score_context_candidates(self.model, self._spec, context, candidates,
+                                               self.serve_examples)
+    return {k: tf.identity(v, name=k) for k, v in out.items()}
 
 
 def next_version(output_dir: str) -> int:
@@ -73,19 +91,31 @@ def warmup_examples(cfg: ExperimentConfig, count: int) -> list[bytes]:
                   "all empty (or pass --warmup_batches '')")
 
 
-def write_warmup(version_dir: pathlib.Path, examples: list[bytes], batches) -> None:
+def write_warmup(version_dir: pathlib.Path, examples: list[bytes], batches,
+                 context: Sequence[str] = ()) -> None:
   """One serving_default PredictRequest per batch size (examples repeated when fewer),
-  as TF Serving's warm-up file."""
+  as TF Serving's warm-up file; with `context` features, also one context_candidates
+  request per batch size (the first example's context, every example's candidate part)."""
   target = version_dir / WARMUP_FILE
   target.parent.mkdir(parents=True, exist_ok=True)
+
+  def write(w, signature: str, inputs: dict) -> None:
+    req = predict_pb2.PredictRequest()
+    req.model_spec.signature_name = signature
+    for name, values in inputs.items():
+      req.inputs[name].CopyFrom(tf.make_tensor_proto(values, dtype=tf.string))
+    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req))
+    w.write(log.SerializeToString())
+
   with tf.io.TFRecordWriter(str(target)) as w:
     for size in batches:
-      req = predict_pb2.PredictRequest()
-      req.model_spec.signature_name = "serving_default"
       rows = [examples[i % len(examples)] for i in range(size)]
-      req.inputs["examples"].CopyFrom(tf.make_tensor_proto(rows, dtype=tf.string))
-      log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req))
-      w.write(log.SerializeToString())
+      write(w, "serving_default", {"examples": rows})
+      if context:
+        ctx = split_context(rows[:1], context)[0][0]
+        cands = [c for _, group, _ in split_context(rows, context) for c in group]
+        write(w, context_lib.SIGNATURE, {context_lib.CONTEXT_INPUT: [ctx],
+                                        context_lib.CANDIDATES_INPUT: cands})
 
 
 def export_saved_model(model, spec, output_dir: str, version: Optional[int] = None,
@@ -100,7 +130,7 @@ def export_saved_model(model, spec, output_dir: str, version: Optional[int] = No
   tmp = path.with_name(f".{version}.tmp")
   tf.saved_model.save(module, str(tmp), signatures=module.signatures())
   if warmup:
-    write_warmup(tmp, warmup, batches)
+    write_warmup(tmp, warmup, batches, context_lib.context_names(spec))
   tmp.rename(path)     # TF Serving never sees a half-written version
   return str(path)
 
@@ -137,7 +167,9 @@ def main(argv: list[str], prog: str = "ssr_tf export") -> int:
   warmup = warmup_examples(cfg, max(batches)) if batches else None
   path = export_saved_model(model, spec, args.output, args.version, warmup, batches)
   print(json.dumps({"export": path, "checkpoint": ckpt, "fused": args.fused,
-                    "signatures": ["serving_default", "predict_raw"],
+                    "signatures": ["serving_default", "predict_raw"] + (
+                        [context_lib.SIGNATURE, context_lib.FEATURES_SIGNATURE]
+                        if context_lib.context_names(spec) else []),
                     "outputs": [f"{t}_prob" for t in model.tasks],
                     "warmup_requests": len(batches)}))
   return 0

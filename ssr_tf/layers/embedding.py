@@ -237,16 +237,24 @@ class FeatureEmbedding(tf.keras.layers.Layer):
     hold one row shared by every candidate and those in `candidates` hold `rows` rows.
 
     e_f = embed(encode(v_f)) of the single context row, broadcast to all `rows`
-    (e_f[i] = e_f[0]); candidate fields as in ``call``. Equals ``call`` on the merged
-    rows (every candidate carrying the context's values); no l2 loss, no id admission.
+    (e_f[i] = e_f[0]); candidate fields as in ``call``. A context sequence is encoded once
+    and its ids broadcast, then pooled per candidate (target attention sees the
+    candidate). Equals ``call`` on the merged rows; no l2 loss, no id admission.
     """
-    fields = []
+    encoded, fields = {}, {}
     for f in self.spec.features:
       shared = f.name in context
-      e = self._inference_field(f, self.encoder.encode(
-          f, context[f.name] if shared else candidates[f.name]))
-      fields.append(tf.broadcast_to(e, tf.stack([rows, tf.shape(e)[1]])) if shared else e)
-    return tf.stack(fields, axis=1)                               # [rows, F, dim]
+      ids = self.encoder.encode(self.spec.rows_of(f),
+                                context[f.name] if shared else candidates[f.name])
+      if f.is_sequence:
+        encoded[f.name] = (tf.broadcast_to(ids, tf.concat([[rows], tf.shape(ids)[1:]], 0))
+                           if shared else ids)
+        continue
+      e = self._inference_field(f, ids)
+      fields[f.name] = tf.broadcast_to(e, tf.stack([rows, tf.shape(e)[1]])) if shared else e
+    for group in self.spec.sequence_groups():
+      fields.update(self.pool_group(group, encoded, fields)[0])
+    return tf.stack([fields[f.name] for f in self.spec.features], axis=1)   # [rows, F, dim]
 
   def _inference_field(self, f: Feature, ids: tf.Tensor) -> tf.Tensor:
     """One field's embedding ``[batch, dim]`` from its encoded ids (inference: the

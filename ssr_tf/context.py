@@ -1,0 +1,154 @@
+"""Context + candidates serving: request-level features parsed and embedded once per request.
+
+An online ranking request is one context (the user and the request: the spec's features
+with ``context: true``) and N candidates. The ``context_candidates`` signature of an export
+takes the context as one serialized tf.Example (``context``, DT_STRING ``[]`` or ``[1]``)
+and the candidates as N (``candidates``, DT_STRING ``[N]``). It parses and embeds the
+context features from the batch-1 context, broadcasts their field embeddings to the N
+candidates and runs the backbone on ``[N, F, dim]``:
+
+  x_i = [e_f(context) for context f ; e_g(candidate_i) for candidate g]  (spec order),
+  p(x_i) = model(x_i) = serving_default(merge(context, candidate_i))
+
+Merge rule (TF Serving's for ExampleListWithContext): a feature set on a candidate wins
+over the context's value. A request where some candidate sets a context feature is scored
+on the merged examples (the flat path, inside the same graph; a feature with no values
+counts as not set). Bad requests fail with INVALID_ARGUMENT naming the feature or count:
+a context example that sets a candidate feature, a ``context`` of more than one example,
+zero candidates. Only core TensorFlow ops: stock TF Serving loads it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import tensorflow as tf
+
+from ssr_tf import data as data_lib
+from ssr_tf.errors import ConfigError
+from ssr_tf.features import FeatureSpec
+
+SIGNATURE = "context_candidates"
+FEATURES_SIGNATURE = "context_features"
+CONTEXT_INPUT = "context"
+CANDIDATES_INPUT = "candidates"
+_DTYPES = {"int64": tf.int64, "string": tf.string, "float32": tf.float32}
+
+
+def context_names(spec: FeatureSpec) -> list[str]:
+  """The spec's context features (``context: true``), in spec order."""
+  return [f.name for f in spec.features if getattr(f, "context", False)]
+
+
+def check_context_spec(spec: FeatureSpec, where: str = "spec") -> None:
+  """At least one feature must stay a candidate feature when some are context ones."""
+  names = context_names(spec)
+  if names and len(names) == len(spec.features):
+    raise ConfigError(f"{where}: every feature has 'context: true'; candidates need at "
+                      "least one feature of their own")
+
+
+def _sub_spec(spec: FeatureSpec, names: set[str]) -> FeatureSpec:
+  return dataclasses.replace(spec, features=[f for f in spec.features if f.name in names])
+
+
+def _model_inputs(parsed: dict, spec: FeatureSpec, names: set[str]) -> dict:
+  """Parsed values of `names` as the model takes them (multi-valued ones dense), shaped
+  by the full spec (a sequence's shape comes from the feature it shares a table with)."""
+  out = {}
+  for f in spec.features:
+    if f.name in names:
+      shape = spec.value_shape(f)
+      out[f.name] = (data_lib._dense_multi(f, parsed[f.name], shape)  # pylint: disable=protected-access
+                     if shape else parsed[f.name])
+  return out
+
+
+def _presence_schema(spec: FeatureSpec, names: set[str]) -> dict:
+  """VarLen parse entries that tell whether an example sets each of `names`."""
+  return {f.name: tf.io.VarLenFeature(_DTYPES[f.dtype]) for f in spec.features
+          if f.name in names}
+
+
+def _set_anywhere(parsed: dict, names: list[str]) -> tf.Tensor:
+  """[len(names)] bool: some parsed example has a value for the feature."""
+  return tf.stack([tf.size(parsed[n].values) > 0 for n in names])
+
+
+def score_context_candidates(model, spec: FeatureSpec, context: tf.Tensor,
+                             candidates: tf.Tensor,
+                             flat: Callable[[tf.Tensor], dict]) -> dict:
+  """{click_prob, pay_prob}: float32 ``[N]`` for one context and N candidates.
+
+  `flat` scores merged serialized examples (``serving_default``); it runs only when a
+  candidate sets a context feature (merge rule).
+  """
+  ctx_names = context_names(spec)
+  ctx_set = set(ctx_names)
+  cand_names = [f.name for f in spec.features if f.name not in ctx_set]
+  ctx_spec, cand_spec = _sub_spec(spec, ctx_set), _sub_spec(spec, set(cand_names))
+
+  context = tf.reshape(context, [-1])
+  checks = [tf.debugging.assert_equal(
+      tf.size(context), 1,
+      message=f"input '{CONTEXT_INPUT}': one serialized tf.Example per request (shape [] "
+              "or [1])")]
+  n = tf.shape(candidates)[0]
+  checks.append(tf.debugging.assert_positive(
+      n, message=f"input '{CANDIDATES_INPUT}': 0 candidates; a request needs at least one"))
+  with tf.control_dependencies(checks):
+    context = tf.identity(context)
+  # one parse each: the context's features (+ candidate features, which must be absent)
+  # and the candidates' features (+ context features, present only to override)
+  parsed_ctx = tf.io.parse_example(context, {
+      **data_lib.parse_schema(ctx_spec, with_labels=False),
+      **_presence_schema(spec, set(cand_names))})
+  for name, is_set in zip(cand_names, tf.unstack(_set_anywhere(parsed_ctx, cand_names))):
+    checks.append(tf.debugging.Assert(tf.logical_not(is_set), [
+        f"input '{CONTEXT_INPUT}': the context example sets candidate feature '{name}'; "
+        f"only context features ({', '.join(ctx_names)}) belong in the context"]))
+  parsed_cand = tf.io.parse_example(candidates, {
+      **data_lib.parse_schema(cand_spec, with_labels=False),
+      **_presence_schema(spec, ctx_set)})
+  overridden = tf.reduce_any(_set_anywhere(parsed_cand, ctx_names))
+  with tf.control_dependencies(checks):
+    overridden = tf.identity(overridden)
+
+  def shared() -> dict:
+    ctx_features = _model_inputs(parsed_ctx, spec, ctx_set)
+    cand_features = _model_inputs(parsed_cand, spec, set(cand_names))
+    fields = model.embedding.context_fields(ctx_features, cand_features, n)
+    return probabilities_from_fields(model, fields)
+
+  def merged() -> dict:
+    # serialized protos concatenate to their merge; a key set twice keeps the last value
+    return flat(tf.strings.join([context[0], candidates]))
+
+  return tf.cond(overridden, merged, shared)
+
+
+def probabilities_from_fields(model, fields: tf.Tensor) -> dict:
+  """RankingModel's outputs from field embeddings ``[batch, F, dim]`` (inference): the
+  backbone, the heads and ``model.probabilities``, as ``RankingModel.logits`` after its
+  embedding step."""
+  h = model.backbone(fields, training=False)
+  if not isinstance(h, dict):
+    h = {t: h for t in model.tasks}
+  logits = {"click": tf.squeeze(model.click_head(h["click"]), -1)}
+  if model.has_pay:
+    logits["pay"] = tf.squeeze(model.pay_head(h["pay"]), -1)
+  return model.probabilities(logits)
+
+
+def input_signature() -> dict[str, tf.TensorSpec]:
+  """The signature's inputs: ``context`` (any rank, one element), ``candidates`` [N]."""
+  return {CONTEXT_INPUT: tf.TensorSpec(None, tf.string, name=CONTEXT_INPUT),
+          CANDIDATES_INPUT: tf.TensorSpec([None], tf.string, name=CANDIDATES_INPUT)}
+
+
+def features_outputs(spec: FeatureSpec) -> dict[str, tf.Tensor]:
+  """The ``context_features`` signature's outputs: one per context feature (its position
+  in the spec), so GetModelMetadata tells clients which features go in the context."""
+  index = {f.name: i for i, f in enumerate(spec.features)}
+  return {name: tf.constant(index[name], tf.int64, name=f"context_feature_{i}")
+          for i, name in enumerate(context_names(spec))}
