@@ -36,7 +36,7 @@ def build_spec(cfg: ExperimentConfig) -> FeatureSpec:
 
 def build(cfg: ExperimentConfig) -> tuple[FeatureSpec, RankingModel]:
   spec = build_spec(cfg)
-  return spec, build_model(spec, cfg.model)
+  return spec, build_model(spec, cfg.model, cfg.train.seed)
 
 
 def checkpoint_manager(model: RankingModel, model_dir: str,

@@ -247,7 +247,7 @@ def _compiled_model(run: Run, spec) -> tf.keras.Model:
   cfg = run.cfg
   rates, run.lr_factor = learning_rates(cfg, run.global_batch, run.steps_per_epoch)
   with run.strategy.scope(), distribute.variable_names():
-    model = build_model(spec, cfg.model)
+    model = build_model(spec, cfg.model, cfg.train.seed)
     optimizer = optimizers.make_optimizer(
         cfg, model, *rates, distributed=cfg.distribution.strategy != "default")
     model.compile(optimizer=optimizer,
@@ -281,7 +281,7 @@ def _run_inputs(run: Run, spec):
                                        run.start_step, run.counts, run.count_cache)
   if not (run.is_ps and valid_in is not None):
     return train_in, valid_in, None
-  eval_model = build_model(spec, cfg.model)
+  eval_model = build_model(spec, cfg.model, cfg.train.seed)
   eval_model.compile(optimizer=tf.keras.optimizers.Adam())
   validation = CoordinatorValidation(eval_model, valid_in, str(run.model_dir / ".eval_tmp"),
                                      distribute.coordinator(run.strategy))

@@ -119,10 +119,9 @@ def load_splits(data_dir: str | pathlib.Path) -> Splits:
   return Splits(d, load_spec(paths["spec"]), **splits)
 
 
-def model_config(entry: dict, protocol: Protocol, seed: int) -> ModelConfig:
+def model_config(entry: dict, protocol: Protocol) -> ModelConfig:
   backbone = copy.deepcopy(entry.get("backbone", {}))
   if entry["name"] in ("ssr", "ssr_msn"):
-    backbone.setdefault("seed", seed)      # SSR-S index draws and per-view inits
     backbone.setdefault("impl", "tf")
   return ModelConfig(name=entry["name"], embedding_dim=protocol.embedding_dim,
                      embedding_l2=entry.get("embedding_l2", protocol.embedding_l2),
@@ -139,7 +138,7 @@ def experiment(splits: Splits, entry: dict, protocol: Protocol, seed: int,
   return ExperimentConfig(
       data=DataConfig(**common.data_paths(splits.data_dir.resolve()),
                       batch_size=proto.batch_size, deterministic=True),
-      model=model_config(entry, proto, seed),
+      model=model_config(entry, proto),
       train=TrainConfig(model_dir=str(model_dir), epochs=proto.epochs * evals,
                         steps_per_epoch=math.ceil(steps_per_pass / evals),
                         learning_rate=proto.learning_rate, lr_decay=proto.lr_decay,

@@ -24,7 +24,7 @@ class RankingModel(tf.keras.Model):
   the spec has a pay label); training uses the logits for numerically stable losses.
   """
 
-  def __init__(self, spec: FeatureSpec, model_cfg: ModelConfig, **kwargs):
+  def __init__(self, spec: FeatureSpec, model_cfg: ModelConfig, seed: int = 0, **kwargs):
     super().__init__(**kwargs)
     self.spec = spec
     self.model_cfg = model_cfg
@@ -34,7 +34,8 @@ class RankingModel(tf.keras.Model):
     self.loss_weights = {t: float(model_cfg.loss_weights.get(t, 1.0)) for t in self.tasks}
     self.embedding = FeatureEmbedding(spec, model_cfg.embedding_dim, model_cfg.embedding_l2,
                                       name="embedding")
-    self.backbone = registry.build_backbone(model_cfg, len(spec.features), self.tasks)
+    self.backbone = registry.build_backbone(model_cfg, len(spec.features), self.tasks,
+                                           seed=seed)
     self.click_head = tf.keras.layers.Dense(1, name="click_head")
     self.pay_head = tf.keras.layers.Dense(1, name="pay_head") if self.has_pay else None
     self.loss_trackers = {k: tf.keras.metrics.Mean(name=k)
@@ -137,9 +138,10 @@ class RankingModel(tf.keras.Model):
     return own + added
 
 
-def build_model(spec: FeatureSpec, model_cfg: ModelConfig) -> RankingModel:
-  """Builds the model and creates its variables with a dummy batch."""
-  model = RankingModel(spec, model_cfg, name=f"ranker_{model_cfg.name}")
+def build_model(spec: FeatureSpec, model_cfg: ModelConfig, seed: int = 0) -> RankingModel:
+  """Builds the model and creates its variables with a dummy batch; `seed` (the run's
+  train.seed) seeds the backbone's own initialisers where its config leaves `seed` null."""
+  model = RankingModel(spec, model_cfg, seed=seed, name=f"ranker_{model_cfg.name}")
   model(dummy_batch(spec), training=False)
   return model
 

@@ -74,8 +74,13 @@ def backbone_config(model: ModelConfig) -> Any:
 
 
 def build_backbone(model: ModelConfig, num_fields: int,
-                   tasks: tuple[str, ...] = TASKS) -> Any:
+                   tasks: tuple[str, ...] = TASKS, seed: int = 0) -> Any:
   """The backbone layer of `model.name` for `num_fields` fields; a per-task backbone (MMoE)
-  builds towers for `tasks` only."""
+  builds towers for `tasks` only. `seed` is the run's `train.seed`: a backbone whose config
+  has a `seed` key left null (SSR's view initialisers and index draws, the memories' values)
+  takes it, so the run seed reaches every initial weight."""
   entry = get(model.name)
-  return entry.build(backbone_config(model), num_fields, model.embedding_dim, tuple(tasks))
+  cfg = backbone_config(model)
+  if getattr(cfg, "seed", 0) is None:
+    cfg = dataclasses.replace(cfg, seed=int(seed))
+  return entry.build(cfg, num_fields, model.embedding_dim, tuple(tasks))

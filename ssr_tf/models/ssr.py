@@ -35,7 +35,9 @@ class SSRBackboneConfig:
       "topk" (straight-through top-k, k = view_dim), "dropout" (dropout instead of a sparse
       filter).
     filter_rate: dropout rate for filter: dropout.
-    seed: seed of SSR-S index draws and of the per-view initialisers (layer l uses seed + l).
+    seed: seed of SSR-S index draws and of the per-view initialisers (layer l uses seed + l);
+      null (default): `train.seed`, so runs with different train seeds start from different
+      SSR weights.
     impl: "auto" (the fused custom op when its library loaded, else pure TF with one
       warning), "tf" (pure TF) or "fused" (custom op, must load).
   """
@@ -51,7 +53,7 @@ class SSRBackboneConfig:
   residual: bool = False
   filter: str = "ics"
   filter_rate: float = 0.5
-  seed: int = 0
+  seed: Optional[int] = None
   impl: str = "auto"
 
   def validate(self) -> None:
@@ -96,10 +98,11 @@ class SSRBackbone(BackboneLayer):
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
     c = self.cfg
+    seed = 0 if c.seed is None else c.seed
     self.ssr_layers = [
         SSRLayer(c.mode, c.num_views, c.view_dim, expanded_dim=c.expanded_dim,
                  ics_iters=c.ics_iters, alpha_init=c.alpha_init, use_gamma=c.use_gamma,
-                 activation=c.activation, seed=c.seed + i, impl=c.impl, filter=c.filter,
+                 activation=c.activation, seed=seed + i, impl=c.impl, filter=c.filter,
                  filter_rate=c.filter_rate, name=f"ssr_{i}")
         for i in range(c.num_layers)]
 

@@ -102,7 +102,7 @@ class MSNBackbone(SSRBackbone):
 
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
-    impl, seed = self.cfg.impl, self.cfg.seed
+    impl, seed = self.cfg.impl, (0 if self.cfg.seed is None else self.cfg.seed)
     self.memories = []
     self.gates = []
     for j, m in enumerate(self.memory_cfgs):
