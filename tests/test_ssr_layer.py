@@ -179,6 +179,9 @@ def test_topk_ste_keeps_exactly_k_and_passes_gradient_straight_through():
     ({"mode": "dynamic", "filter": "none", "alpha_init": 0.5}, "alpha_init"),
     ({"mode": "dynamic", "expanded_dim": 32}, "expanded_dim"),     # must exceed view_dim
     ({"impl": "cuda"}, "impl"),
+    ({"layer_norm": "batch"}, "layer_norm"),
+    ({"dropout": 1.5}, "dropout"),
+    ({"tower_units": [0]}, "tower_units"),
 ])
 def test_meaningless_or_bad_settings_name_the_key(backbone, key):
   from ssr_tf.config import ModelConfig
@@ -195,3 +198,35 @@ def test_static_at_the_input_width_and_filter_defaults_written_out_are_accepted(
               "filter_rate": 0.5, "impl": "tf"}
   layer = registry.build_backbone(ModelConfig(name="ssr", embedding_dim=DIM, backbone=backbone), F)
   assert layer(tf.zeros([1, F, DIM])).shape == (1, 2 * D)
+
+
+@pytest.mark.parametrize("variant", ["view", "view_plain", "view_block"])
+def test_layer_norm_variants_equal_numpy(variant):
+  x = np.random.default_rng(1).normal(size=(5, 12)).astype(np.float32)
+  layer = SSRLayer("static", num_views=3, view_dim=4, seed=0, impl="tf", layer_norm=variant)
+  y = layer(x).numpy().reshape(5, 3, 4)
+  h = x[:, layer.indices.numpy()]                                   # [batch, views, 4]
+  z = np.einsum("bve,veo->bvo", h, layer.fusion_kernel.numpy()) + layer.fusion_bias.numpy()
+  z = tf.nn.gelu(z).numpy()
+  axes = (0, 2) if variant == "view_block" else (2,)
+  want = (z - z.mean(axis=axes, keepdims=True)) / np.sqrt(z.var(axis=axes, keepdims=True) + 1e-3)
+  np.testing.assert_allclose(y, want, atol=1e-4)
+  names = {w.name.split("/")[-1].split(":")[0] for w in layer.weights}
+  assert ("ln_scale" in names) == (variant != "view_plain")
+  assert SSRLayer.from_config(layer.get_config()).layer_norm == variant
+
+
+def test_tower_and_dropout_sit_between_the_ssr_layers_and_the_heads():
+  from ssr_tf.config import ModelConfig
+  from ssr_tf.models import registry
+  from ssr_tf.models.dnn import mlp_flops
+  backbone = {"mode": "dynamic", "num_layers": 2, "num_views": B, "view_dim": DV, "impl": "tf",
+              "tower_units": [16, 8], "dropout": 0.5}
+  layer = registry.build_backbone(ModelConfig(name="ssr", embedding_dim=DIM, backbone=backbone), F)
+  x = tf.random.normal([6, F, DIM], seed=0)
+  assert layer(x).shape == (6, 8)
+  np.testing.assert_array_equal(layer(x, training=False).numpy(), layer(x).numpy())
+  assert not np.array_equal(layer(x, training=True).numpy(), layer(x).numpy())
+  plain, _ = _ssr_backbone("dynamic")
+  assert layer.flops_per_example(F, DIM) == plain.flops_per_example(F, DIM) + mlp_flops(
+      B * DV, [16, 8])

@@ -1,7 +1,7 @@
 """The SSR layer: b parallel views, each filters then fuses (Eqs. 1-6 of the SSR paper).
 
 h_i = x[:, idx_i] (static) or ICS(x W_i^proj) (dynamic);  z_i = act(h_i V_i + b_i);
-y = concat_i LayerNorm_i(z_i).
+y = concat_i LayerNorm_i(z_i)  (per view; see SSRLayer's layer_norm for the variants).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ssr_tf.layers.ics import ics_tf
 
 MODES = ("static", "dynamic")
 FILTERS = ("ics", "none", "topk", "dropout")
+LAYER_NORMS = ("view", "view_plain", "view_block")
 
 
 class ConfigDefault:
@@ -90,9 +91,12 @@ class SSRLayer(tf.keras.layers.Layer):
       "topk" (keep the top k = view_dim dims with a straight-through gradient) or
       "dropout" (dropout with rate `filter_rate` instead of ICS).
     filter_rate: dropout rate for filter="dropout".
+    layer_norm: "view" (LayerNorm of each example's view over its view_dim dims, with
+      scale and offset; Eq. 6), "view_plain" (no scale and offset) or "view_block" (one
+      mean and variance per view over its [batch, view_dim] block, with scale and offset).
     kernel_initializer: initializer of W^proj and V.
-  expanded_dim, ics_iters, alpha_init, use_gamma, activation, impl, filter and filter_rate
-  default to the same keys of ssr_tf.models.ssr.SSRBackboneConfig, where the SSR defaults
+  expanded_dim, ics_iters, alpha_init, use_gamma, activation, impl, filter, filter_rate and
+  layer_norm default to the same keys of ssr_tf.models.ssr.SSRBackboneConfig, where the SSR defaults
   are written.
   """
 
@@ -105,12 +109,14 @@ class SSRLayer(tf.keras.layers.Layer):
                impl: str | ConfigDefault = CONFIG_DEFAULT,
                filter: str | ConfigDefault = CONFIG_DEFAULT,  # pylint: disable=redefined-builtin
                filter_rate: float | ConfigDefault = CONFIG_DEFAULT,
+               layer_norm: str | ConfigDefault = CONFIG_DEFAULT,
                kernel_initializer="glorot_uniform", **kwargs):
     super().__init__(**kwargs)
     s = resolve_defaults(dict(expanded_dim=expanded_dim, ics_iters=ics_iters,
                               alpha_init=alpha_init, use_gamma=use_gamma,
                               activation=activation, impl=impl, filter=filter,
-                              filter_rate=filter_rate), backbone_defaults)
+                              filter_rate=filter_rate, layer_norm=layer_norm),
+                         backbone_defaults)
     if mode not in MODES:
       raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if num_views < 1 or view_dim < 1:
@@ -120,6 +126,8 @@ class SSRLayer(tf.keras.layers.Layer):
       raise ValueError(f"expanded_dim must be > view_dim, got {expanded} <= {view_dim}")
     if s["filter"] not in FILTERS:
       raise ValueError(f"filter must be one of {FILTERS}, got {s['filter']!r}")
+    if s["layer_norm"] not in LAYER_NORMS:
+      raise ValueError(f"layer_norm must be one of {LAYER_NORMS}, got {s['layer_norm']!r}")
     self.mode = mode
     self.num_views = int(num_views)
     self.view_dim = int(view_dim)
@@ -132,6 +140,7 @@ class SSRLayer(tf.keras.layers.Layer):
     self.impl = _impl.check(s["impl"])
     self.filter = s["filter"]
     self.filter_rate = float(s["filter_rate"])
+    self.layer_norm = s["layer_norm"]
     self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
 
   @property
@@ -159,8 +168,9 @@ class SSRLayer(tf.keras.layers.Layer):
     self.fusion_kernel = self.add_weight("fusion_kernel", shape=[v, e, o],
                                          initializer=self._stacked_init(e, o, 0, salt=2))
     self.fusion_bias = self.add_weight("fusion_bias", shape=[v, o], initializer="zeros")
-    self.ln_scale = self.add_weight("ln_scale", shape=[v, o], initializer="ones")
-    self.ln_offset = self.add_weight("ln_offset", shape=[v, o], initializer="zeros")
+    if self.layer_norm != "view_plain":
+      self.ln_scale = self.add_weight("ln_scale", shape=[v, o], initializer="ones")
+      self.ln_offset = self.add_weight("ln_offset", shape=[v, o], initializer="zeros")
     super().build(input_shape)
 
   def _stacked_init(self, fan_in: int, fan_out: int, views_axis: int, salt: int):
@@ -207,9 +217,16 @@ class SSRLayer(tf.keras.layers.Layer):
     else:
       z = block_fusion_tf(h, self.fusion_kernel, self.fusion_bias)
     z = self.activation(z)                                # [batch, views, view_dim]
-    mean, var = tf.nn.moments(z, axes=[-1], keepdims=True)
-    z = (z - mean) * tf.math.rsqrt(var + 1e-3) * self.ln_scale + self.ln_offset
-    return tf.reshape(z, [-1, self.num_views * self.view_dim])
+    return tf.reshape(self.normalize(z), [-1, self.num_views * self.view_dim])
+
+  def normalize(self, z: tf.Tensor) -> tf.Tensor:
+    """LayerNorm_i of Eq. 6 on z [batch, views, view_dim], per view (see layer_norm)."""
+    axes = [0, 2] if self.layer_norm == "view_block" else [2]
+    mean, var = tf.nn.moments(z, axes=axes, keepdims=True)
+    z = (z - mean) * tf.math.rsqrt(var + 1e-3)
+    if self.layer_norm == "view_plain":
+      return z
+    return z * self.ln_scale + self.ln_offset
 
   def compute_output_shape(self, input_shape):
     return tf.TensorShape([input_shape[0], self.num_views * self.view_dim])
@@ -234,7 +251,7 @@ class SSRLayer(tf.keras.layers.Layer):
             "use_gamma": self.use_gamma,
             "activation": tf.keras.activations.serialize(self.activation),
             "seed": self.seed, "impl": self.impl, "filter": self.filter,
-            "filter_rate": self.filter_rate,
+            "filter_rate": self.filter_rate, "layer_norm": self.layer_norm,
             "kernel_initializer": tf.keras.initializers.serialize(self.kernel_initializer)}
 
 

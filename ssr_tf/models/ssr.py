@@ -10,7 +10,8 @@ from ssr_tf.errors import ConfigError
 from ssr_tf.models import registry
 from ssr_tf.models.base import BackboneLayer
 from ssr_tf.models.checks import Checks
-from ssr_tf.layers.ssr import SSRLayer
+from ssr_tf.layers.ssr import LAYER_NORMS, SSRLayer
+from ssr_tf.models.dnn import MLP, mlp_flops
 
 
 @dataclasses.dataclass
@@ -35,6 +36,14 @@ class SSRBackboneConfig:
       "topk" (straight-through top-k, k = view_dim), "dropout" (dropout instead of a sparse
       filter).
     filter_rate: dropout rate for filter: dropout.
+    layer_norm: the per-view normalisation of Eq. 6: "view" (each example's view output
+      normalised over its view_dim dims, learned scale and offset per dim), "view_plain"
+      (the same without scale and offset) or "view_block" (each view's [batch, view_dim]
+      block normalised with one mean and variance, then scale and offset; the statistics
+      come from the batch at serving too, so a score depends on its batch mates).
+    dropout: dropout rate on each SSR layer's output (training only).
+    tower_units: widths of an MLP (ReLU, like the DNN's hidden layers) between the last SSR
+      layer and the task heads; empty: the heads read the SSR output directly.
     seed: seed of SSR-S index draws and of the per-view initialisers (layer l uses seed + l);
       null (default): `train.seed`, so runs with different train seeds start from different
       SSR weights.
@@ -53,6 +62,9 @@ class SSRBackboneConfig:
   residual: bool = False
   filter: str = "ics"
   filter_rate: float = 0.5
+  layer_norm: str = "view"
+  dropout: float = 0.0
+  tower_units: list[int] = dataclasses.field(default_factory=list)
   seed: Optional[int] = None
   impl: str = "auto"
 
@@ -61,6 +73,9 @@ class SSRBackboneConfig:
     c.choice("mode", ("static", "dynamic"))
     c.choice("impl", ("tf", "fused", "auto"))
     c.choice("filter", ("ics", "none", "topk", "dropout"))
+    c.choice("layer_norm", LAYER_NORMS)
+    c.rate("dropout")
+    c.widths("tower_units")
     c.at_least_one("num_layers", "num_views", "view_dim", "ics_iters")
     if self.expanded_dim is not None and self.expanded_dim <= self.view_dim:
       c.bad("expanded_dim", f"must be > view_dim ({self.view_dim}), got {self.expanded_dim}")
@@ -103,8 +118,10 @@ class SSRBackbone(BackboneLayer):
         SSRLayer(c.mode, c.num_views, c.view_dim, expanded_dim=c.expanded_dim,
                  ics_iters=c.ics_iters, alpha_init=c.alpha_init, use_gamma=c.use_gamma,
                  activation=c.activation, seed=seed + i, impl=c.impl, filter=c.filter,
-                 filter_rate=c.filter_rate, name=f"ssr_{i}")
+                 filter_rate=c.filter_rate, layer_norm=c.layer_norm, name=f"ssr_{i}")
         for i in range(c.num_layers)]
+    self.dropout = tf.keras.layers.Dropout(c.dropout) if c.dropout else None
+    self.tower = MLP(hidden_units=c.tower_units, name="tower") if c.tower_units else None
 
   @property
   def residual(self) -> bool:
@@ -119,14 +136,16 @@ class SSRBackbone(BackboneLayer):
     for layer in self.ssr_layers:
       y = layer(x, training=training)                                 # [batch, views * view_dim]
       x = y + x if self.residual and y.shape[-1] == x.shape[-1] else y
-    return x
+      if self.dropout is not None:
+        x = self.dropout(x, training=training)
+    return x if self.tower is None else self.tower(x, training=training)
 
   def flops_per_example(self, num_fields: int, embedding_dim: int) -> int:
     d, total = num_fields * embedding_dim, 0
     for layer in self.ssr_layers:
       total += layer.flops_per_example(d)
       d = layer.num_views * layer.view_dim
-    return total
+    return total + mlp_flops(d, self.cfg.tower_units)
 
 
 @registry.register("ssr", SSRBackboneConfig, doc="SSR-S / SSR-D (this paper)")
