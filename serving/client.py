@@ -14,6 +14,12 @@ per record (``click_prob`` alone for a model of a click-only data set, which has
 (fetched with GetModelMetadata); multi-valued CSV cells separate values with ``|``.
 ``--saved_model DIR`` instead of ``--server`` scores the same way through an export on
 disk, in-process (:mod:`ssr_tf.serving.local`).
+
+Against an export with context features (its ``context_features`` signature names them),
+:meth:`RankingClient.score_examples` sends each run of consecutive records with equal
+context-feature values as one request: the context once and the candidates without it
+(Predict on ``context_candidates``); ``--flat`` / ``use_context=False`` sends every record
+whole to ``serving_default``. Both give the same scores.
 """
 from __future__ import annotations
 
@@ -50,12 +56,15 @@ class RankingClient(examples_lib.ExampleScorer):
     version: pin a version (None = the latest the server has).
     timeout_s: per-call deadline.
     max_message_bytes: gRPC message limit of this channel.
+    use_context: send context + candidates when the export declares context features.
   """
 
   def __init__(self, target: str, model_name: str = "ssr", version: Optional[int] = None,
-               timeout_s: float = 10.0, max_message_bytes: int = 64 << 20):
+               timeout_s: float = 10.0, max_message_bytes: int = 64 << 20,
+               use_context: bool = True):
     self.target, self.model_name, self.version = target, model_name, version
     self.timeout_s = timeout_s
+    self.use_context = use_context
     self.channel = grpc.insecure_channel(target, options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes)])
@@ -147,16 +156,56 @@ class RankingClient(examples_lib.ExampleScorer):
     resp = self.predictions.Predict(req, timeout=self.timeout_s)
     return {k: tensor_to_ndarray(k, v) for k, v in resp.outputs.items()}
 
+  def context_features(self) -> list[str]:
+    """The export's context features (GetModelMetadata, cached); [] without them."""
+    return examples_lib.context_feature_names(self._cached_signatures())
+
   def score_examples(self, examples: Sequence[ExampleLike]) -> dict[str, np.ndarray]:
-    """click_prob (/ pay_prob) for tf.Examples (protos or serialized bytes)."""
-    data = [e if isinstance(e, bytes) else e.SerializeToString() for e in examples]
-    arr = np.empty(len(data), dtype=object)
-    arr[:] = data
-    return self.predict({"examples": arr})
+    """click_prob (/ pay_prob) for tf.Examples (protos or serialized bytes).
+
+    With context features (and ``use_context``): one context + candidates request per
+    run of consecutive examples with equal context values (:func:`context_groups`).
+    """
+    names = self.context_features() if self.use_context and examples else []
+    groups = context_groups(examples, names) if names else None
+    if not groups:
+      data = [e if isinstance(e, bytes) else e.SerializeToString() for e in examples]
+      return self.predict({"examples": _strings(data)})
+    parts = [self.score_context(ctx, cands) for ctx, cands, _ in groups]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def score_context(self, context: ExampleLike, candidates: Sequence[ExampleLike]
+                    ) -> dict[str, np.ndarray]:
+    """click_prob (/ pay_prob) [N] for one context tf.Example and N candidates (Predict on
+    ``context_candidates``; a candidate's own value of a context feature wins)."""
+    ser = lambda e: e if isinstance(e, bytes) else e.SerializeToString()
+    return self.predict({examples_lib.CONTEXT_INPUT: _strings([ser(context)]),
+                         examples_lib.CANDIDATES_INPUT: _strings([ser(c) for c in candidates])},
+                        signature_name=examples_lib.CONTEXT_SIGNATURE)
 
   def score_features(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """click_prob (/ pay_prob) from one array per feature (the ``predict_raw`` signature)."""
     return self.predict(features, signature_name="predict_raw")
+
+
+# Batches whose runs of equal context values average fewer rows than this go flat: one
+# request for the batch costs less than one request per run.
+MIN_MEAN_RUN = 2.0
+
+
+def context_groups(examples: Sequence[ExampleLike], names: Sequence[str]
+                   ) -> Optional[list[tuple[bytes, list[bytes], int]]]:
+  """Runs of consecutive examples with equal values of the context features `names`, as
+  (context, candidates, first index) (see examples.split_context); None when the runs
+  average fewer than MIN_MEAN_RUN examples (send the batch flat)."""
+  groups = examples_lib.split_context(examples, names)
+  return groups if len(examples) >= MIN_MEAN_RUN * len(groups) else None
+
+
+def _strings(values: Sequence[bytes]) -> np.ndarray:
+  arr = np.empty(len(values), dtype=object)
+  arr[:] = list(values)
+  return arr
 
 
 def _as_array(values: list) -> np.ndarray:
@@ -229,7 +278,8 @@ def _open_scorer(args) -> examples_lib.ExampleScorer:
   if args.saved_model:
     from ssr_tf.serving.local import LocalScorer  # pylint: disable=import-outside-toplevel
     return LocalScorer(args.saved_model, args.version)
-  return RankingClient(args.server, args.model_name, args.version, args.timeout)
+  return RankingClient(args.server, args.model_name, args.version, args.timeout,
+                       use_context=not args.flat)
 
 
 def _score_file(scorer: examples_lib.ExampleScorer, path: str, fmt: str, batch_size: int,
@@ -289,6 +339,10 @@ def main(argv: list[str], prog: str = "ssr_tf score") -> int:
   p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (--server)")
   p.add_argument("--output", default="-", help="file to write (default: stdout)")
   p.add_argument("--json", action="store_true", help="print JSON lines instead of TSV")
+  p.add_argument("--flat", action="store_true",
+                 help="--server, export with context features: send every record whole to "
+                      "serving_default instead of one context + candidates request per run "
+                      "of records with equal context-feature values")
   args = p.parse_args(argv)
   if args.batch_size < 1:
     p.error("--batch_size must be >= 1")

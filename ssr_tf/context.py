@@ -91,11 +91,11 @@ def score_context_candidates(model, spec: FeatureSpec, context: tf.Tensor,
   context = tf.reshape(context, [-1])
   checks = [tf.debugging.assert_equal(
       tf.size(context), 1,
-      message=f"input '{CONTEXT_INPUT}': one serialized tf.Example per request (shape [] "
-              "or [1])")]
+      message=f"input {CONTEXT_INPUT}: one serialized tf.Example per request (shape [] or "
+              "[1])")]
   n = tf.shape(candidates)[0]
   checks.append(tf.debugging.assert_positive(
-      n, message=f"input '{CANDIDATES_INPUT}': 0 candidates; a request needs at least one"))
+      n, message=f"input {CANDIDATES_INPUT}: 0 candidates; a request needs at least one"))
   with tf.control_dependencies(checks):
     context = tf.identity(context)
   # one parse each: the context's features (+ candidate features, which must be absent)
@@ -103,10 +103,11 @@ def score_context_candidates(model, spec: FeatureSpec, context: tf.Tensor,
   parsed_ctx = tf.io.parse_example(context, {
       **data_lib.parse_schema(ctx_spec, with_labels=False),
       **_presence_schema(spec, set(cand_names))})
+  # (no quotes in Assert messages: TF prints them escaped)
   for name, is_set in zip(cand_names, tf.unstack(_set_anywhere(parsed_ctx, cand_names))):
     checks.append(tf.debugging.Assert(tf.logical_not(is_set), [
-        f"input '{CONTEXT_INPUT}': the context example sets candidate feature '{name}'; "
-        f"only context features ({', '.join(ctx_names)}) belong in the context"]))
+        f"input {CONTEXT_INPUT}: the context example sets candidate feature {name}; only "
+        f"context features ({', '.join(ctx_names)}) belong in the context"]))
   parsed_cand = tf.io.parse_example(candidates, {
       **data_lib.parse_schema(cand_spec, with_labels=False),
       **_presence_schema(spec, ctx_set)})
