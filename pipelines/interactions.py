@@ -343,24 +343,6 @@ class Histories:
     d = self.state.get(user)
     return list(d) if d else []
 
-  def side_values(self, hist: list) -> list[list]:
-    """Per history side feature: single values per item, or K values per item (the
-    item's values truncated / padded with the missing value)."""
-    out = []
-    rows = [self.items.get(x, self.no_side) for x in hist]
-    for (k, K), miss in zip(self.sides, self.missing):
-      if K == 0:
-        out.append([r[k] for r in rows])
-      else:
-        flat: list = []
-        for r in rows:
-          v = r[k][:K]
-          flat.extend(v)
-          if len(v) < K:
-            flat.extend([miss] * (K - len(v)))
-        out.append(flat)
-    return out
-
   def add(self, group: list[Event]) -> None:
     if not self.length:
       return
@@ -371,6 +353,70 @@ class Histories:
       if d is None:
         d = self.state[user] = collections.deque(maxlen=self.length)
       d.appendleft(item)
+
+
+class HistoryEncoder:
+  """The serialized tf.Example map entries of the history features.
+
+  Each item's contribution to every history feature (its id; per side feature its value,
+  or its values truncated / padded to K with the missing value) is encoded once and
+  cached (one entry per item), so a record costs a join of cached bytes per feature.
+  Entries use ExampleEncoder's wire format: int64 values packed, strings as a BytesList.
+  """
+
+  def __init__(self, st: Setup, hist: Histories):
+    self.names = [f.name for f in st.hist_fields]
+    self.heads = [b"\x0a" + transforms._vlen(len(n.encode())) + n.encode() + b"\x12"  # pylint: disable=protected-access
+                  for n in self.names]
+    self.ints = [f.dtype == "int64" for f in st.hist_fields]
+    self.items, self.sides, self.no_side = st.items, hist.sides, hist.no_side
+    self.missing = hist.missing
+    self.cache: dict[Any, tuple[bytes, ...]] = {}
+
+  def values(self, item: Any) -> list[list]:
+    """Per history feature, the values `item` contributes."""
+    row = self.items.get(item, self.no_side)
+    out = [[item]]
+    for (k, K), miss in zip(self.sides, self.missing):
+      if K == 0:
+        out.append([row[k]])
+      else:
+        v = list(row[k][:K])
+        out.append(v + [miss] * (K - len(v)))
+    return out
+
+  def _chunks(self, item: Any) -> tuple[bytes, ...]:
+    out = []
+    for vs, is_int in zip(self.values(item), self.ints):
+      if is_int:
+        out.append(b"".join(transforms.varint(v) for v in vs))
+      else:
+        out.append(b"".join(transforms._ld(b"\x0a", v.encode()) for v in vs))  # pylint: disable=protected-access
+    chunks = self.cache[item] = tuple(out)
+    return chunks
+
+  def encode(self, hist: list) -> bytes:
+    """Map entries of the history features of one record (`hist`: items, latest first)."""
+    get, make = self.cache.get, self._chunks
+    rows = [get(x) or make(x) for x in hist]
+    ld = transforms._ld  # pylint: disable=protected-access
+    out = []
+    for j, (head, is_int) in enumerate(zip(self.heads, self.ints)):
+      payload = b"".join([r[j] for r in rows])
+      if is_int:
+        feature = ld(b"\x1a", ld(b"\x0a", payload) if rows else b"")
+      else:
+        feature = ld(b"\x0a", payload)
+      out.append(ld(b"\x0a", head + transforms._vlen(len(feature)) + feature))  # pylint: disable=protected-access
+    return b"".join(out)
+
+
+def with_entries(record: bytes, entries: bytes) -> bytes:
+  """tf.Example `record` (serialized) with more map entries appended."""
+  i = 1
+  while record[i] & 0x80:             # the varint length after the Example's field tag
+    i += 1
+  return transforms._ld(b"\x0a", record[i + 1:] + entries)  # pylint: disable=protected-access
 
 
 def time_parts(t: float) -> dict[str, int]:
@@ -468,10 +514,11 @@ def _convert(st: Setup, sc: Scan, bad: BadRows, rule: transforms.SplitRule,
   schema = schema_lib.Schema(st.fields, {"click": st.fields[-1].name}, st.fields[0].name,
                              st.mapping.events.time)
   acc = transforms.Accumulator(schema)
-  encoder = transforms.ExampleEncoder(st.fields + st.hist_fields)
+  encoder = transforms.ExampleEncoder(st.fields)
   writers = [local.ShardWriter(tmp, s, o.shard_size, o.compression, o.gzip_level)
              for s in SPLITS]
   hist = Histories(st)
+  hist_encoder = HistoryEncoder(st, hist)
   tf_names = st.mapping.events.time_features
   L = hist.length
   lengths = [[0] * (L + 1) for _ in SPLITS]
@@ -492,12 +539,13 @@ def _convert(st: Setup, sc: Scan, bad: BadRows, rule: transforms.SplitRule,
         values = ([user, item] + tvals + list(st.items.get(item, hist.no_side))
                   + list(st.users.get(user, no_user))
                   + [label])
+        acc.add(s, values)
+        record = encoder.encode(values)
         if L:
           h = hist.of(user)
           lengths[s][len(h)] += 1
-          values += [h] + hist.side_values(h)
-        acc.add(s, values[:len(st.fields)])
-        writers[s].write(encoder.encode(values))
+          record = with_entries(record, hist_encoder.encode(h))
+        writers[s].write(record)
       hist.add(group)
       bar.update(k, 0, len(bad.lines))
   finally:
