@@ -12,7 +12,7 @@ import yaml
 
 import ssr_tf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from ssr_tf import cli
-from ssr_tf.pipelines import convert, interactions
+from ssr_tf.pipelines import convert, interactions_events
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ML = REPO.parent / "shared" / "data" / "public" / "ml-latest-small"
@@ -196,7 +196,7 @@ def test_external_sort_merges_spilled_chunks(tmp_path):
   rng = random.Random(0)
   events = [(rng.randrange(50), rng.randrange(5), rng.randrange(9), 1.0)
             for _ in range(200)]
-  got = list(interactions.sort_events(iter(events), 7, str(tmp_path / "spill")))
+  got = list(interactions_events.sort_events(iter(events), 7, str(tmp_path / "spill")))
   assert got == sorted(events)
   assert len(list((tmp_path / "spill").iterdir())) == 29      # ceil(200 / 7) chunks
 
@@ -367,7 +367,7 @@ def test_ml_latest_small_slice(tmp_path):
 def test_time_histogram_is_bounded(tmp_path, monkeypatch):
   # With room for 4 time values the counts fold into cells of 256 s (0: t < 256, 256:
   # t >= 256); the thresholds are cell starts, so equal times still share a split.
-  monkeypatch.setattr(interactions, "TIME_CELLS", 4)
+  monkeypatch.setattr(interactions_events, "TIME_CELLS", 4)
   out = convert_case(tmp_path, None, EVENTS, "--split", "time", "--ratios", "6,2,2")
   stats = json.loads((out / "stats.json").read_text())
   assert stats["interactions"]["time_cell_seconds"] == 256
