@@ -35,6 +35,8 @@ GROUPS: dict[str, dict[str, tuple[str, str]]] = {
         "pipeline": ("ssr_tf.bench.pipeline:main", "TFRecord parse rate vs training rate"),
         "ops": ("ssr_tf.ops.bench:main", "fused ICS op vs composed TF vs XLA"),
         "serving": ("ssr_tf.serving.bench:main", "gRPC latency / QPS over loopback"),
+        "context": ("ssr_tf.serving.bench_context:main",
+                    "one request as context + candidates vs flat: model and end to end"),
         "convert": ("ssr_tf.pipelines.bench:main", "converter rows/s"),
         "distributed": ("ssr_tf.bench.distributed:main", "strategies and checkpoint timing"),
         "memory": ("ssr_tf.bench.memory:main", "PKM memory scaling: examples/s vs slots"),
