@@ -83,8 +83,8 @@ class Feature:
       embedding table the history items use (required; dtype must match; no table of its own).
     pooling: sequence: attention (DIN target attention), mean or sum over present items;
       null: attention. Not on side_of members, which use their group's weights.
-    attention_units: sequence, pooling attention: hidden sizes of the attention MLP (sigmoid
-      activations, as DIN); null: [80, 40].
+    attention_units: sequence: hidden sizes of the attention MLP (sigmoid activations, as
+      DIN); null: [80, 40]. Used by pooling attention only.
     side_of: sequence: the main sequence whose items these values describe (e.g. each
       history item's genres); same max_len; pooled with the main sequence's weights.
     context: a request-level feature (user, request) that the context serving signature
@@ -229,11 +229,6 @@ def _check_sequence(f: Feature, path: str, by_name: dict[str, Feature]) -> None:
     f.pooling = "attention"
   if f.pooling not in POOLINGS:
     raise ConfigError(f"{path}.pooling: must be one of {POOLINGS}, got {f.pooling!r}")
-  if f.pooling != "attention":
-    if f.attention_units is not None:
-      raise ConfigError(f"{path}.attention_units: only pooling attention has an attention "
-                        f"MLP (pooling is {f.pooling})")
-    return
   if f.attention_units is None:
     f.attention_units = list(DEFAULT_ATTENTION_UNITS)
   if not f.attention_units or any(u <= 0 for u in f.attention_units):

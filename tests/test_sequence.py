@@ -62,7 +62,6 @@ def with_changes(index: int, **changes) -> list[dict]:
     (with_changes(2, num_buckets=10), r"\.num_buckets: a sequence has no table of its own"),
     (with_changes(2, vocab_file="vocab/genres.txt"), r"\.vocab_file: a sequence has no table"),
     (with_changes(2, pooling="max"), r"\.pooling: must be one of"),
-    (with_changes(2, pooling="mean", attention_units=[8]), r"\.attention_units: only pooling"),
     (with_changes(2, attention_units=[0]), r"\.attention_units: give one or more"),
     (with_changes(3, side_of="movieId"), r"\(hist_genres\)\.side_of: 'movieId' is not a sequence"),
     (with_changes(3, side_of="hist_genres"), r"\.side_of: 'hist_genres' is itself a side_of"),
@@ -86,6 +85,9 @@ def test_spec_defaults_and_round_trip(tmp_path):
   again = yaml.safe_load(spec.to_yaml())["features"]
   assert again[2]["share_with"] == "movieId" and again[3]["side_of"] == "hist_movieId"
   assert "share_with" not in again[0]
+  hist.pooling = "mean"                        # a validated spec written back loads again
+  (tmp_path / "again.yaml").write_text(spec.to_yaml())
+  assert load_spec(str(tmp_path / "again.yaml")).feature("hist_movieId").pooling == "mean"
 
 
 # ----------------------------------------------------------------------------- parsing
