@@ -110,18 +110,18 @@ def run(m: im.InteractionMapping, inputs: list[str], out_dir: str,
         progress_every: float = 5.0) -> dict:
   """Converts an event log into `out_dir`; returns the stats (also in stats.json).
   A failed run leaves nothing behind (the outputs are committed at the end)."""
-  bad = BadRows(options.skip_bad_rows)
-  st = make_setup(m, inputs, options.max_len, bad)
-  sc = scan(st, bad, strict_keys, count_times=rule.auto_time)
-  typed(st)
-  st.bad_lines = bad.seen
-  if rule.auto_time:
-    rule.valid_from, rule.test_from = transforms.time_thresholds(sc.times, rule.ratios)
-    rule.auto_time = False
-  sc.times = {}
   created, tmp = local.missing_dirs(out_dir), None
   try:
     tmp = local.prepare_output(out_dir, overwrite)
+    bad = BadRows(options.skip_bad_rows)
+    st = make_setup(m, inputs, options.max_len, bad)
+    sc = scan(st, bad, strict_keys, count_times=rule.auto_time)
+    typed(st)
+    st.bad_lines = bad.seen
+    if rule.auto_time:
+      rule.valid_from, rule.test_from = transforms.time_thresholds(sc.times, rule.ratios)
+      rule.auto_time = False
+    sc.times = {}
     stats = _convert(st, sc, bad, rule, options, sort_rows, tmp, out_dir, progress,
                      progress_every)
     shutil.rmtree(os.path.join(tmp, "_sort"), ignore_errors=True)
