@@ -171,16 +171,16 @@ class FeatureEmbedding(tf.keras.layers.Layer):
     return rows, present, penalty
 
   def pool_group(self, group: list[Feature], encoded: dict, fields: dict) -> tuple[dict, tf.Tensor]:
-    """{member: [batch, dim]} for a main sequence and its side_of members, and their L2."""
-    items, penalty = [], 0.0
+    """{member: [batch, dim]} for a main sequence and its side_of members (the main
+    sequence first), and their L2. Positions whose main item is row 0 are masked."""
+    items, masks, penalty = [], [], 0.0
     for f in group:
       e, present, p = self.history_items(f, encoded[f.name])
       items.append(e)
+      masks.append(present)
       penalty += p
-      if f is group[0]:
-        mask = present                                             # the main items' positions
+    main, mask = group[0], masks[0]                                # the main items' positions
     history = tf.concat(items, axis=-1)                            # [batch, L, n * dim]
-    main = group[0]
     if main.name in self.attention:
       target = tf.concat([fields[f.share_with] for f in group], axis=-1)   # [batch, n * dim]
       pooled = self.attention[main.name](history, target, mask=mask)     # [batch, n * dim]
