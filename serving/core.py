@@ -101,7 +101,7 @@ class ServingCore:
     sig = servable.signature(request.model_spec.signature_name)
     feeds = {name: tensor_to_ndarray(name, tp) for name, tp in request.inputs.items()}
     if examples_lib.is_context_signature(sig):       # one context + N candidates: not merged
-      examples_lib.check_context_feeds(sig.name, feeds, self.max_request_rows)
+      examples_lib.check_context_feeds(servable, sig.name, feeds, self.max_request_rows)
       wanted = self._output_filter(sig, request.output_filter)
       out = servable.run(sig, feeds)
     else:

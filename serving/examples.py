@@ -213,12 +213,32 @@ def is_context_signature(sig: Any) -> bool:
   return set(sig.inputs) == {CONTEXT_INPUT, CANDIDATES_INPUT}
 
 
-def check_context_feeds(signature: str, arrays: Mapping[str, np.ndarray], max_rows: int) -> int:
-  """Validates the inputs of a context signature; returns the number of candidates N.
+def candidate_features(signatures: Mapping[str, Any]) -> set[str]:
+  """The export's features that are not context features (``predict_raw`` inputs less
+  the ``context_features`` outputs)."""
+  raw = signatures.get("predict_raw")
+  return set(raw.inputs) - set(context_feature_names(signatures)) if raw is not None else set()
+
+
+def check_context_example(context: example_pb2.Example, candidate_only: set[str]) -> None:
+  """INVALID_ARGUMENT naming the candidate features a context example sets."""
+  wrong = sorted(candidate_only.intersection(context.features.feature))
+  if wrong:
+    raise invalid(f"input '{CONTEXT_INPUT}': the context example sets candidate feature"
+                  f"{'s' if len(wrong) > 1 else ''} {', '.join(map(repr, wrong))}; only the "
+                  "model's context features belong in the context (send the others with "
+                  "each candidate)")
+
+
+def check_context_feeds(servable: Any, signature: str, arrays: Mapping[str, np.ndarray],
+                        max_rows: int, context: Optional[example_pb2.Example] = None) -> int:
+  """Validates the inputs of a context signature of `servable`; returns the number of
+  candidates N.
 
   INVALID_ARGUMENT for a missing/unknown input, a non-string dtype, a ``context`` that is
-  not one example (shape [] or [1]), ``candidates`` not of rank 1 or empty;
-  RESOURCE_EXHAUSTED for N > `max_rows` (as every request above --max_request_rows).
+  not one tf.Example (shape [] or [1]) or that sets candidate features, ``candidates`` not
+  of rank 1 or empty; RESOURCE_EXHAUSTED for N > `max_rows` (as every request above
+  --max_request_rows). `context`: the context already parsed (ExampleListWithContext).
   """
   wanted = (CANDIDATES_INPUT, CONTEXT_INPUT)
   for name in sorted(arrays):
@@ -244,6 +264,12 @@ def check_context_feeds(signature: str, arrays: Mapping[str, np.ndarray], max_ro
     raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                        f"input '{CANDIDATES_INPUT}': {n} candidates; this server takes at most "
                        f"{max_rows} per request (--max_request_rows); split it")
+  if context is None:
+    try:
+      context = example_pb2.Example.FromString(ctx.reshape(-1)[0])
+    except Exception:  # pylint: disable=broad-except  (DecodeError, or not bytes)
+      raise invalid(f"input '{CONTEXT_INPUT}': not a serialized tf.Example") from None
+  check_context_example(context, candidate_features(servable.signatures))
   return n
 
 
@@ -264,7 +290,7 @@ def context_feeds(servable: Any, sig: Any, inp: Any, max_rows: int
   ctx = np.empty(1, dtype=object)
   ctx[0] = wc.context.SerializeToString()
   feeds = {CONTEXT_INPUT: ctx, CANDIDATES_INPUT: cand}
-  check_context_feeds(ctx_sig.name, feeds, max_rows)
+  check_context_feeds(servable, ctx_sig.name, feeds, max_rows, wc.context)
   return ctx_sig, feeds
 
 

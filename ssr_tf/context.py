@@ -13,9 +13,10 @@ candidates and runs the backbone on ``[N, F, dim]``:
 Merge rule (TF Serving's for ExampleListWithContext): a feature set on a candidate wins
 over the context's value. A request where some candidate sets a context feature is scored
 on the merged examples (the flat path, inside the same graph; a feature with no values
-counts as not set). Bad requests fail with INVALID_ARGUMENT naming the feature or count:
-a context example that sets a candidate feature, a ``context`` of more than one example,
-zero candidates. Only core TensorFlow ops: stock TF Serving loads it.
+counts as not set). The graph fails with INVALID_ARGUMENT on a ``context`` of more than
+one example and on zero candidates; candidate features set on the context example are
+not read (``ssr_tf serve`` refuses such requests before the model runs:
+serving/examples.py). Only core TensorFlow ops: stock TF Serving loads it.
 """
 from __future__ import annotations
 
@@ -98,16 +99,9 @@ def score_context_candidates(model, spec: FeatureSpec, context: tf.Tensor,
       n, message=f"input {CANDIDATES_INPUT}: 0 candidates; a request needs at least one"))
   with tf.control_dependencies(checks):
     context = tf.identity(context)
-  # one parse each: the context's features (+ candidate features, which must be absent)
-  # and the candidates' features (+ context features, present only to override)
-  parsed_ctx = tf.io.parse_example(context, {
-      **data_lib.parse_schema(ctx_spec, with_labels=False),
-      **_presence_schema(spec, set(cand_names))})
-  # (no quotes in Assert messages: TF prints them escaped)
-  for name, is_set in zip(cand_names, tf.unstack(_set_anywhere(parsed_ctx, cand_names))):
-    checks.append(tf.debugging.Assert(tf.logical_not(is_set), [
-        f"input {CONTEXT_INPUT}: the context example sets candidate feature {name}; only "
-        f"context features ({', '.join(ctx_names)}) belong in the context"]))
+  # one parse each: the context's features, and the candidates' features (+ the context
+  # features, present only where a candidate overrides them)
+  parsed_ctx = tf.io.parse_example(context, data_lib.parse_schema(ctx_spec, with_labels=False))
   parsed_cand = tf.io.parse_example(candidates, {
       **data_lib.parse_schema(cand_spec, with_labels=False),
       **_presence_schema(spec, ctx_set)})

@@ -326,9 +326,9 @@ def _bad(export):
   inv, exh = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED
   return [
       ("context with candidate feature (Classify)", "Classify", _classify(with_item, cands), inv,
-       "candidate feature item_id"),
+       "candidate feature 'item_id'"),
       ("context with candidate feature (Predict)", "Predict", _predict(with_item, cands), inv,
-       "candidate feature item_id"),
+       "candidate feature 'item_id'"),
       ("zero candidates (Regress)", "Regress", _regress(ctx, []), inv, "0 candidates"),
       ("zero candidates (Predict)", "Predict", _predict(ctx, []), inv, "0 candidates"),
       ("too many candidates (Classify)", "Classify", _classify(ctx, too_many), exh,
