@@ -11,9 +11,9 @@ candidates and runs the backbone on ``[N, F, dim]``:
   p(x_i) = model(x_i) = serving_default(merge(context, candidate_i))
 
 Merge rule (TF Serving's for ExampleListWithContext): a feature set on a candidate wins
-over the context's value. A request where some candidate sets a context feature is scored
-on the merged examples (the flat path, inside the same graph; a feature with no values
-counts as not set). The graph fails with INVALID_ARGUMENT on a ``context`` of more than
+over the context's value. When some candidate sets a context feature, the context features
+are parsed from the N merged examples instead (one row per candidate, as the flat path
+does; a feature with no values counts as not set); only that parse sits in a tf.cond. The graph fails with INVALID_ARGUMENT on a ``context`` of more than
 one example and on zero candidates; candidate features set on the context example are
 not read (``ssr_tf serve`` refuses such requests before the model runs:
 serving/examples.py). Only core TensorFlow ops: stock TF Serving loads it.
@@ -21,8 +21,6 @@ serving/examples.py). Only core TensorFlow ops: stock TF Serving loads it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
-
 import tensorflow as tf
 
 from ssr_tf import data as data_lib
@@ -72,22 +70,23 @@ def _presence_schema(spec: FeatureSpec, names: set[str]) -> dict:
 
 
 def _set_anywhere(parsed: dict, names: list[str]) -> tf.Tensor:
-  """[len(names)] bool: some parsed example has a value for the feature."""
-  return tf.stack([tf.size(parsed[n].values) > 0 for n in names])
+  """bool scalar: some parsed example has a value for one of the features `names`."""
+  indices = tf.concat([parsed[n].indices for n in names], axis=0)     # [values, 2]
+  return tf.size(indices) > 0
 
 
 def score_context_candidates(model, spec: FeatureSpec, context: tf.Tensor,
-                             candidates: tf.Tensor,
-                             flat: Callable[[tf.Tensor], dict]) -> dict:
+                             candidates: tf.Tensor) -> dict:
   """{click_prob, pay_prob}: float32 ``[N]`` for one context and N candidates.
 
-  `flat` scores merged serialized examples (``serving_default``); it runs only when a
-  candidate sets a context feature (merge rule).
+  The context features come from the batch-1 context (embedded once, broadcast), or,
+  when some candidate sets one of them (merge rule), from the N merged examples.
   """
   ctx_names = context_names(spec)
   ctx_set = set(ctx_names)
   cand_names = [f.name for f in spec.features if f.name not in ctx_set]
-  ctx_spec, cand_spec = _sub_spec(spec, ctx_set), _sub_spec(spec, set(cand_names))
+  ctx_schema = data_lib.parse_schema(_sub_spec(spec, ctx_set), with_labels=False)
+  cand_schema = data_lib.parse_schema(_sub_spec(spec, set(cand_names)), with_labels=False)
 
   context = tf.reshape(context, [-1])
   checks = [tf.debugging.assert_equal(
@@ -99,27 +98,22 @@ def score_context_candidates(model, spec: FeatureSpec, context: tf.Tensor,
       n, message=f"input {CANDIDATES_INPUT}: 0 candidates; a request needs at least one"))
   with tf.control_dependencies(checks):
     context = tf.identity(context)
-  # one parse each: the context's features, and the candidates' features (+ the context
-  # features, present only where a candidate overrides them)
-  parsed_ctx = tf.io.parse_example(context, data_lib.parse_schema(ctx_spec, with_labels=False))
-  parsed_cand = tf.io.parse_example(candidates, {
-      **data_lib.parse_schema(cand_spec, with_labels=False),
-      **_presence_schema(spec, ctx_set)})
-  overridden = tf.reduce_any(_set_anywhere(parsed_cand, ctx_names))
-  with tf.control_dependencies(checks):
-    overridden = tf.identity(overridden)
+  # the candidates' features, and the context features where a candidate overrides them
+  parsed_cand = tf.io.parse_example(candidates, {**cand_schema,
+                                                 **_presence_schema(spec, ctx_set)})
+  overridden = _set_anywhere(parsed_cand, ctx_names)
 
-  def shared() -> dict:
-    ctx_features = _model_inputs(parsed_ctx, spec, ctx_set)
-    cand_features = _model_inputs(parsed_cand, spec, set(cand_names))
-    fields = model.embedding.context_fields(ctx_features, cand_features, n)
-    return probabilities_from_fields(model, fields)
+  def shared() -> dict:            # [1] per context feature
+    return _model_inputs(tf.io.parse_example(context, ctx_schema), spec, ctx_set)
 
-  def merged() -> dict:
-    # serialized protos concatenate to their merge; a key set twice keeps the last value
-    return flat(tf.strings.join([context[0], candidates]))
+  def merged() -> dict:            # [N]: serialized protos concatenate to their merge
+    joined = tf.strings.join([context[0], candidates])     # (a key set twice keeps the last)
+    return _model_inputs(tf.io.parse_example(joined, ctx_schema), spec, ctx_set)
 
-  return tf.cond(overridden, merged, shared)
+  ctx_features = tf.cond(overridden, merged, shared)
+  cand_features = _model_inputs(parsed_cand, spec, set(cand_names))
+  fields = model.embedding.context_fields(ctx_features, cand_features, n)
+  return probabilities_from_fields(model, fields)
 
 
 def probabilities_from_fields(model, fields: tf.Tensor) -> dict:

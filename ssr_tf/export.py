@@ -65,8 +65,7 @@ class ServingModule(tf.Module):
 
   def serve_context(self, context, candidates):
     """One context tf.Example and N candidates -> scores [N] (ssr_tf/context.py)."""
-    out = context_lib.score_context_candidates(self.model, self._spec, context, candidates,
-                                               self.serve_examples)
+    out = context_lib.score_context_candidates(self.model, self._spec, context, candidates)
     return {k: tf.identity(v, name=k) for k, v in out.items()}
 
 

@@ -234,24 +234,30 @@ class FeatureEmbedding(tf.keras.layers.Layer):
   # -- context serving (ssr_tf/context.py): request-level features embedded once ----------
   def context_fields(self, context: dict, candidates: dict, rows: tf.Tensor) -> tf.Tensor:
     """Field embeddings ``[rows, F, dim]`` for inference when the features in `context`
-    hold one row shared by every candidate and those in `candidates` hold `rows` rows.
+    hold one row shared by every candidate (or one row per candidate) and those in
+    `candidates` hold `rows` rows.
 
     e_f = embed(encode(v_f)) of the single context row, broadcast to all `rows`
     (e_f[i] = e_f[0]); candidate fields as in ``call``. A context sequence is encoded once
     and its ids broadcast, then pooled per candidate (target attention sees the
     candidate). Equals ``call`` on the merged rows; no l2 loss, no id admission.
     """
-    encoded, fields = {}, {}
+    encoded, fields, shared = {}, {}, {}
     for f in self.spec.features:
-      shared = f.name in context
+      in_context = f.name in context
       ids = self.encoder.encode(self.spec.rows_of(f),
-                                context[f.name] if shared else candidates[f.name])
+                                context[f.name] if in_context else candidates[f.name])
       if f.is_sequence:
         encoded[f.name] = (tf.broadcast_to(ids, tf.concat([[rows], tf.shape(ids)[1:]], 0))
-                           if shared else ids)
-        continue
-      e = self._inference_field(f, ids)
-      fields[f.name] = tf.broadcast_to(e, tf.stack([rows, tf.shape(e)[1]])) if shared else e
+                           if in_context else ids)
+      elif in_context:
+        shared[f.name] = self._inference_field(f, ids)
+      else:
+        fields[f.name] = self._inference_field(f, ids)
+    if shared:                                  # one broadcast for all context fields
+      block = tf.stack(list(shared.values()), axis=1)             # [1 or rows, Fc, dim]
+      block = tf.broadcast_to(block, tf.concat([[rows], tf.shape(block)[1:]], 0))
+      fields.update(zip(shared, tf.unstack(block, num=len(shared), axis=1)))
     for group in self.spec.sequence_groups():
       fields.update(self.pool_group(group, encoded, fields)[0])
     return tf.stack([fields[f.name] for f in self.spec.features], axis=1)   # [rows, F, dim]
