@@ -36,11 +36,14 @@ def ensure_data(data_dir: str | None, rows: int, seed: int = 0) -> pathlib.Path:
 
 
 def data_paths(data_dir: str | pathlib.Path) -> dict[str, str]:
-  """The `data:` file keys for a folder written by `ssr_tf data synth` or a converter
-  (DIR/spec.yaml, DIR/{train,valid,test}/*): DataConfig(**data_paths(d), ...)."""
+  """The `data:` keys for a folder written by `ssr_tf data synth` or a converter
+  (DIR/spec.yaml, DIR/{train,valid,test}/*, compression GZIP for .gz shards):
+  DataConfig(**data_paths(d), ...)."""
   d = pathlib.Path(data_dir)
+  gzip = any(d.glob("train/*.gz"))
   return {"spec": str(d / "spec.yaml"), "train": str(d / "train/*"),
-          "valid": str(d / "valid/*"), "test": str(d / "test/*")}
+          "valid": str(d / "valid/*"), "test": str(d / "test/*"),
+          "compression": "GZIP" if gzip else ""}
 
 
 def model_config(entry: dict, impl: str = "tf") -> ModelConfig:

@@ -13,6 +13,9 @@ click AUC (the best checkpoint is scored); test and validation AUC / LogLoss are
   scaling   SSR-S, SSR-D, DNN, DCNv2, RankMixer at 4 sizes each (Figure 3), PNG.
   gap       the SSR-D vs DNN investigation grid (depth, residual, views, expanded_dim,
             learning rate, embedding L2, ICS init), see docs/reproduction.md.
+  probe     why SSR-D trails on real data: head, LayerNorm variant, dropout, ICS init,
+            views/depth at equal FLOPs, each baseline with the same lr/dropout trials.
+  history   DNN, DCN-v2, SSR-D with no history, mean-pooled and target-attention history.
 
 Results go to ``--output`` as ``<suite>.json`` and ``<suite>.md`` (+ ``scaling.png``).
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import fnmatch
 import json
 import math
 import os
@@ -42,7 +46,7 @@ from ssr_tf.errors import UserError
 from ssr_tf.features import FeatureSpec, load_spec
 from ssr_tf.schedules import DECAYS
 
-SUITES = ("table3", "ablation", "ics", "scaling", "gap")
+SUITES = ("table3", "ablation", "ics", "scaling", "gap", "probe", "history")
 # Recorded in every run; runs of another trainer (the suites' own fit loop before it was
 # replaced by ssr_tf.training) are never reused as identical computations.
 TRAINER = "ssr_tf.training"
@@ -115,7 +119,7 @@ def load_splits(data_dir: str | pathlib.Path) -> Splits:
   splits = {}
   for name in ("train", "valid", "test"):
     files = data_lib.list_files(paths[name], f"--data {name}")
-    splits[name] = Split(paths[name], sum(data_lib.count_records(files)))
+    splits[name] = Split(paths[name], sum(data_lib.count_records(files, paths["compression"])))
   return Splits(d, load_spec(paths["spec"]), **splits)
 
 
@@ -128,16 +132,38 @@ def model_config(entry: dict, protocol: Protocol) -> ModelConfig:
                      pay_mode=protocol.pay_mode, backbone=backbone)
 
 
+def spec_variant(spec: FeatureSpec, change: dict) -> FeatureSpec:
+  """The data set's spec with an entry's "features" change: {"drop": [glob, ...]} removes
+  the matching features (e.g. "hist_*": no history), {"pooling": p} sets every sequence
+  feature's pooling (side_of members follow their main sequence)."""
+  unknown = set(change) - {"drop", "pooling"}
+  if unknown:
+    raise UserError(f"suite entry 'features': unknown keys {sorted(unknown)}")
+  out = copy.deepcopy(spec)
+  out.features = [f for f in out.features
+                  if not any(fnmatch.fnmatch(f.name, g) for g in change.get("drop", ()))]
+  for f in out.features:
+    if "pooling" in change and f.type == "sequence" and not f.side_of:
+      f.pooling = change["pooling"]
+  return out
+
+
 def experiment(splits: Splits, entry: dict, protocol: Protocol, seed: int,
-               model_dir: pathlib.Path, ics_log_every: int = 0) -> ExperimentConfig:
+               model_dir: pathlib.Path, ics_log_every: int = 0,
+               spec_path: Optional[pathlib.Path] = None) -> ExperimentConfig:
   """The `ssr_tf train` config of one run: the protocol (with the entry's overrides) on
-  the suite's data, deterministic reads (the same seed trains the same weights)."""
+  the suite's data, deterministic reads (the same seed trains the same weights). An entry
+  with a "features" change (spec_variant) reads the data through that spec, written to
+  `spec_path`."""
   proto = dataclasses.replace(protocol, **entry.get("protocol", {}))
   steps_per_pass = math.ceil(splits.train.rows / proto.batch_size)
   evals = proto.evals_per_epoch
+  paths = common.data_paths(splits.data_dir.resolve())
+  if "features" in entry:
+    spec_path.write_text(spec_variant(splits.spec, entry["features"]).to_yaml())
+    paths["spec"] = str(spec_path)
   return ExperimentConfig(
-      data=DataConfig(**common.data_paths(splits.data_dir.resolve()),
-                      batch_size=proto.batch_size, deterministic=True),
+      data=DataConfig(**paths, batch_size=proto.batch_size, deterministic=True),
       model=model_config(entry, proto),
       train=TrainConfig(model_dir=str(model_dir), epochs=proto.epochs * evals,
                         steps_per_epoch=math.ceil(steps_per_pass / evals),
@@ -182,17 +208,20 @@ def scores(model, spec: FeatureSpec, cfg: ExperimentConfig, split: str,
   out = {}
   for t, r in evaluation.score(arrays, has_group="group" in arrays).items():
     out[f"{t}_auc"], out[f"{t}_logloss"] = r["auc"], r["logloss"]
+    if "gauc" in r:
+      out[f"{t}_gauc"] = r["gauc"]
     if "oracle_auc" in r:
       out[f"{t}_oracle_auc"] = r["oracle_auc"]
-  return {k: out[k] for t in TASKS for k in (f"{t}_auc", f"{t}_logloss", f"{t}_oracle_auc")
-          if k in out}
+  return {k: out[k] for t in TASKS
+          for k in (f"{t}_auc", f"{t}_gauc", f"{t}_logloss", f"{t}_oracle_auc") if k in out}
 
 
 def ics_sparsity(model, spec: FeatureSpec, cfg: ExperimentConfig,
                  rows: int = 4096) -> Optional[list[float]]:
   """Share of exact zeros in each SSR layer's filtered views on the first `rows`
   validation rows (None without SSR layers)."""
-  ds = data_lib.make_dataset(cfg.data.valid, spec, rows, training=False, key="data.valid")
+  ds = data_lib.make_dataset(cfg.data.valid, spec, rows, training=False, key="data.valid",
+                               compression=cfg.data.compression)
   features = next(iter(ds))[0]
   views = filtered_views(model, features)
   if not views:
@@ -214,8 +243,9 @@ def run_one(splits: Splits, entry: dict, protocol: Protocol, seed: int,
   """
   proto = dataclasses.replace(protocol, **entry.get("protocol", {}))
   model_dir = pathlib.Path(save_dir or tempfile.mkdtemp(prefix="ssr_tf_quality_"))
+  spec_path = model_dir.parent / f"{model_dir.name}.spec.yaml"
   cfg = experiment(splits, entry, protocol, seed, model_dir,
-                   ics_log_every if save_dir is not None else 0)
+                   ics_log_every if save_dir is not None else 0, spec_path)
   progress = _Progress(proto.evals_per_epoch, log)
   tf.keras.backend.clear_session()
   try:
@@ -228,6 +258,7 @@ def run_one(splits: Splits, entry: dict, protocol: Protocol, seed: int,
   finally:
     if save_dir is None:
       shutil.rmtree(model_dir, ignore_errors=True)
+      spec_path.unlink(missing_ok=True)
   history = progress.history
   result = {
       "seed": seed, "test": test, "train_click_auc": train["click_auc"],
@@ -376,8 +407,53 @@ def _gap() -> dict:
 
 
 GAP = _gap()
+
+# Real-data suites (data from `ssr_tf data convert --format interactions`, e.g. MovieLens
+# with pipelines/mappings/ml_latest_small.yaml). "hist_*" are the behaviour-history
+# features; the probe and real suites leave them out.
+NO_HISTORY = {"features": {"drop": ["hist_*"]}}
+DCNV2 = TABLE3["dcnv2"]
+
+
+def _regularised(base: dict, rate: float) -> dict:
+  """`base` with dropout `rate` on its hidden layers (DNN, DCN-v2) or views (SSR)."""
+  return _variant(base, dropout=rate)
+
+
+def _probe() -> dict:
+  """Why SSR-D trails: one factor at a time from SSR-D, each baseline under the same
+  learning-rate and dropout trials (docs/reproduction.md, "SSR on real data")."""
+  g = {}
+  for name, base in (("dnn", DNN), ("dcnv2", DCNV2), ("ssr_d", SSR_D)):
+    g[name] = base
+    g[f"{name}/lr3e-3"] = _with(base, protocol={"learning_rate": 3e-3})
+    g[f"{name}/drop0.2"] = _regularised(base, 0.2)
+  g.update({
+      "ssr_d/tower128": _variant(SSR_D, tower_units=[128]),
+      "ssr_d/ln_plain": _variant(SSR_D, layer_norm="view_plain"),
+      "ssr_d/ln_block": _variant(SSR_D, layer_norm="view_block"),
+      "ssr_d/alpha0.01": _variant(SSR_D, alpha_init=0.01),
+      "ssr_d/b16_dv16": _variant(SSR_D, num_views=16, view_dim=16, expanded_dim=32),
+      "ssr_d/L1_b16": _variant(SSR_D, num_layers=1, num_views=16),
+      "ssr_s": SSR_S,
+  })
+  return {k: _with(v, **NO_HISTORY) for k, v in g.items()}
+
+
+def _history() -> dict:
+  """Behaviour histories: no history, mean pooling and DIN target attention per model."""
+  g = {}
+  for name, base in (("dnn", DNN), ("dcnv2", DCNV2), ("ssr_d", SSR_D)):
+    g[f"{name}/none"] = _with(base, **NO_HISTORY)
+    g[f"{name}/mean"] = _with(base, features={"pooling": "mean"})
+    g[f"{name}/attention"] = _with(base, features={"pooling": "attention"})
+  return g
+
+
+PROBE = _probe()
+HISTORY = _history()
 SUITE_MODELS = {"table3": TABLE3, "ablation": ABLATION, "ics": ICS, "scaling": SCALING,
-                "gap": GAP}
+                "gap": GAP, "probe": PROBE, "history": HISTORY}
 
 
 # ---------------------------------------------------------------------------------------

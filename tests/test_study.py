@@ -1,0 +1,85 @@
+"""The real-data study tools: spec variants of suite entries, the cross-data-set table with
+seed-paired gap intervals, the same-budget selection, and the ICS start probe."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import experiment_yaml
+
+from ssr_tf.bench import quality, study
+from ssr_tf.errors import UserError
+from ssr_tf.features import Feature, FeatureSpec
+
+
+def _run(name: str, seed: int, test: float, valid: float) -> dict:
+  return {"name": name, "seed": seed, "test": {"click_auc": test}, "valid_click_auc": valid}
+
+
+def _write(path, runs):
+  path.mkdir(parents=True, exist_ok=True)
+  (path / "probe.runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+
+
+def test_paired_gap_is_the_mean_seed_difference_with_a_t_interval():
+  row = {s: _run("a", s, t, 0) for s, t in enumerate([0.80, 0.81, 0.79])}
+  ref = {s: _run("b", s, t, 0) for s, t in enumerate([0.78, 0.80, 0.78])}
+  m, half, n = study.paired_gap(row, ref)
+  d = np.array([0.02, 0.01, 0.01])
+  assert n == 3 and m == pytest.approx(d.mean())
+  assert half == pytest.approx(4.303 * d.std(ddof=1) / math.sqrt(3))
+
+
+def test_study_table_and_selection_pick_on_validation_not_test(tmp_path, capsys):
+  runs = []
+  for s in range(3):
+    runs += [_run("dnn", s, 0.80, 0.79), _run("dnn/drop0.2", s, 0.70, 0.80),  # best on valid
+             _run("ssr_d", s, 0.78 + 0.001 * s, 0.78)]
+  _write(tmp_path / "a", runs)
+  assert study.main(["--suite", "probe", "--runs", f"real={tmp_path / 'a'}", "--against", "dnn",
+                     "--family", "ssr_d=ssr_d", "--family", "dnn=dnn,dnn/drop0.2",
+                     "--output", str(tmp_path / "out")]) == 0
+  md = (tmp_path / "out" / "probe_study.md").read_text()
+  assert "| ssr_d | 0.7810 ± 0.0010 (n=3) | -1.90 [-2.15, -1.65] |" in md
+  assert "dnn/drop0.2: 0.7000" in md           # picked by validation although worse on test
+  assert "| dnn | +8.10 [+7.85, +8.35] |" in md  # ssr_d's pick minus dnn's pick
+  with pytest.raises(UserError, match="no probe.runs.jsonl"):
+    study.main(["--suite", "probe", "--runs", f"x={tmp_path / 'missing'}"])
+  with pytest.raises(UserError, match="expected NAME=VALUE"):
+    study.main(["--suite", "probe", "--runs", str(tmp_path / "a")])
+
+
+def test_spec_variant_drops_history_or_sets_pooling():
+  spec = FeatureSpec(features=[
+      Feature(name="movieId", num_buckets=10),
+      Feature(name="hist_movieId", type="sequence", share_with="movieId", max_len=3),
+      Feature(name="hist_genres", type="sequence", share_with="movieId", max_len=3,
+              side_of="hist_movieId")], labels={"click": "label"})
+  assert [f.name for f in quality.spec_variant(spec, {"drop": ["hist_*"]}).features] == [
+      "movieId"]
+  mean = quality.spec_variant(spec, {"pooling": "mean"})
+  assert mean.features[1].pooling == "mean" and spec.features[1].pooling != "mean"
+  with pytest.raises(UserError, match="unknown keys"):
+    quality.spec_variant(spec, {"dorp": []})
+
+
+def test_probe_and_history_suites_treat_every_family_alike():
+  for fam in ("dnn", "dcnv2", "ssr_d"):
+    assert {f"{fam}/lr3e-3", f"{fam}/drop0.2"} <= set(quality.PROBE)
+    assert {f"{fam}/none", f"{fam}/mean", f"{fam}/attention"} <= set(quality.HISTORY)
+  assert all(e["features"] == {"drop": ["hist_*"]} for e in quality.PROBE.values())
+
+
+def test_ics_start_reports_zeros_dead_views_and_scale_invariance(tmp_path, synth_dir, capsys):
+  from ssr_tf.bench import ics_start
+  cfg = experiment_yaml(tmp_path, synth_dir)
+  assert ics_start.main(["--config", str(cfg), "--steps", "3", "--at", "1,3",
+                         "--probe_rows", "256"]) == 0
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert set(out["steps"]) == {"0", "1", "3"}
+  first = out["steps"]["0"][0]
+  assert 0.0 < first["zeros"] < 1.0 and len(first["zeros_per_view"]) == 4
+  assert first["relu_zeros"] <= first["zeros"]          # ICS removes at least what ReLU does
+  scales = out["proj_scale_zeros_at_init"]
+  assert scales["0.1"][0] == pytest.approx(scales["10.0"][0], abs=1e-3)   # ICS(c z) = c ICS(z)
