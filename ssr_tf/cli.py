@@ -43,6 +43,10 @@ GROUPS: dict[str, dict[str, tuple[str, str]]] = {
         "scale": ("ssr_tf.bench.scale:main", "examples/s and peak RSS vs embedding rows"),
         "hooks": ("ssr_tf.bench.hooks:main", "TensorBoard per-batch hook: stock vs ours"),
         "quality": ("ssr_tf.bench.quality:main", "paper reproduction suites (Tables 3-5, Fig. 3)"),
+        "study": ("ssr_tf.bench.study:main",
+                  "quality runs across data sets: gaps with seed-paired intervals"),
+        "ics_start": ("ssr_tf.bench.ics_start:main",
+                      "ICS zeros and dead views at initialisation and early training"),
     },
 }
 
