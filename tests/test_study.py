@@ -66,7 +66,7 @@ def test_spec_variant_drops_history_or_sets_pooling():
 
 def test_probe_and_history_suites_treat_every_family_alike():
   for fam in ("dnn", "dcnv2", "ssr_d"):
-    assert {f"{fam}/lr3e-3", f"{fam}/drop0.2"} <= set(quality.PROBE)
+    assert {f"{fam}/lr3e-3", f"{fam}/drop0.2", f"{fam}/cos3e-3"} <= set(quality.PROBE)
     assert {f"{fam}/none", f"{fam}/mean", f"{fam}/attention"} <= set(quality.HISTORY)
   assert all(e["features"] == {"drop": ["hist_*"]} for e in quality.PROBE.values())
 
@@ -83,3 +83,10 @@ def test_ics_start_reports_zeros_dead_views_and_scale_invariance(tmp_path, synth
   assert first["relu_zeros"] <= first["zeros"]          # ICS removes at least what ReLU does
   scales = out["proj_scale_zeros_at_init"]
   assert scales["0.1"][0] == pytest.approx(scales["10.0"][0], abs=1e-3)   # ICS(c z) = c ICS(z)
+
+
+def test_real_suite_converts_movielens_once_and_names_a_missing_folder(tmp_path):
+  with pytest.raises(UserError, match=r"--movielens .*: no ratings.csv"):
+    quality.movielens_data(tmp_path / "nowhere", tmp_path / "out", "random")
+  assert set(quality.REAL) >= {"dnn", "dcnv2", "ssr_d", "ssr_d_paper", "ssr_s"}
+  assert quality.REAL["ssr_d"]["backbone"] == {}          # the shipped model.name: ssr defaults

@@ -16,6 +16,9 @@ click AUC (the best checkpoint is scored); test and validation AUC / LogLoss are
   probe     why SSR-D trails on real data: head, LayerNorm variant, dropout, ICS init,
             views/depth at equal FLOPs, each baseline with the same lr/dropout trials.
   history   DNN, DCN-v2, SSR-D with no history, mean-pooled and target-attention history.
+  real      DNN, DCN-v2, DeepFM, SSR-D as in the paper, `model.name: ssr` defaults, SSR-S
+            on real data; without --data it converts MovieLens ml-latest-small (--movielens)
+            with pipelines/mappings/ml_latest_small.yaml and a random 8:1:1 split.
 
 Results go to ``--output`` as ``<suite>.json`` and ``<suite>.md`` (+ ``scaling.png``).
 """
@@ -46,7 +49,8 @@ from ssr_tf.errors import UserError
 from ssr_tf.features import FeatureSpec, load_spec
 from ssr_tf.schedules import DECAYS
 
-SUITES = ("table3", "ablation", "ics", "scaling", "gap", "probe", "history")
+SUITES = ("table3", "ablation", "ics", "scaling", "gap", "probe", "history", "real")
+MOVIELENS_MAPPING = "mappings/ml_latest_small.yaml"    # in the ssr_tf.pipelines package
 # Recorded in every run; runs of another trainer (the suites' own fit loop before it was
 # replaced by ssr_tf.training) are never reused as identical computations.
 TRAINER = "ssr_tf.training"
@@ -422,12 +426,13 @@ def _regularised(base: dict, rate: float) -> dict:
 
 def _probe() -> dict:
   """Why SSR-D trails: one factor at a time from SSR-D, each baseline under the same
-  learning-rate and dropout trials (docs/reproduction.md, "SSR on real data")."""
+  learning-rate, decay and dropout trials (docs/reproduction.md, "SSR on real data")."""
   g = {}
   for name, base in (("dnn", DNN), ("dcnv2", DCNV2), ("ssr_d", SSR_D)):
     g[name] = base
     g[f"{name}/lr3e-3"] = _with(base, protocol={"learning_rate": 3e-3})
     g[f"{name}/drop0.2"] = _regularised(base, 0.2)
+    g[f"{name}/cos3e-3"] = _with(base, protocol={"learning_rate": 3e-3, "lr_decay": "cosine"})
   g.update({
       "ssr_d/tower128": _variant(SSR_D, tower_units=[128]),
       "ssr_d/ln_plain": _variant(SSR_D, layer_norm="view_plain"),
@@ -452,8 +457,17 @@ def _history() -> dict:
 
 PROBE = _probe()
 HISTORY = _history()
+
+# The real-data table: the strongest baselines, SSR-D as the paper configures it, and
+# `model.name: ssr` with its shipped defaults (SSRBackboneConfig), no history features.
+REAL = {k: _with(v, **NO_HISTORY) for k, v in {
+    "dnn": DNN, "dcnv2": DCNV2, "deepfm": TABLE3["deepfm"],
+    "ssr_d_paper": SSR_D,
+    "ssr_d": {"name": "ssr", "backbone": {}},
+    "ssr_s": SSR_S,
+}.items()}
 SUITE_MODELS = {"table3": TABLE3, "ablation": ABLATION, "ics": ICS, "scaling": SCALING,
-                "gap": GAP, "probe": PROBE, "history": HISTORY}
+                "gap": GAP, "probe": PROBE, "history": HISTORY, "real": REAL}
 
 
 # ---------------------------------------------------------------------------------------
@@ -687,12 +701,40 @@ def ensure_data(data: Optional[str], rows: int, mode: str, output: pathlib.Path,
   return d
 
 
+def movielens_data(source: pathlib.Path, output: pathlib.Path, split: str) -> pathlib.Path:
+  """ml-latest-small (ratings.csv, movies.csv in `source`) converted once under OUTPUT."""
+  from ssr_tf.pipelines import convert  # pylint: disable=import-outside-toplevel
+  import yaml  # pylint: disable=import-outside-toplevel
+  d = output / f"data_movielens_{split}"
+  if (d / "spec.yaml").is_file():
+    return d
+  ratings, movies = source / "ratings.csv", source / "movies.csv"
+  for f in (ratings, movies):
+    if not f.is_file():
+      raise UserError(f"--movielens {source}: no {f.name} (give the ml-latest-small folder)")
+  from ssr_tf import pipelines  # pylint: disable=import-outside-toplevel
+  mapping_file = pathlib.Path(pipelines.__file__).parent / MOVIELENS_MAPPING
+  mapping = yaml.safe_load(mapping_file.read_text())
+  mapping["items"]["path"] = str(movies.resolve())
+  output.mkdir(parents=True, exist_ok=True)
+  tmp = output / "ml_latest_small.mapping.yaml"
+  tmp.write_text(yaml.safe_dump(mapping, sort_keys=False))
+  print(f"converting {ratings} ({split} split) to {d}", flush=True)
+  convert.main(["--format", "interactions", "--mapping", str(tmp), "--input", str(ratings),
+                "--output", str(d), "--split", split])
+  return d
+
+
 def main(argv: list[str], prog: str = "ssr_tf bench quality") -> int:
   p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
   p.add_argument("--suite", required=True, choices=SUITES)
   p.add_argument("--data", default=None,
                  help="data dir from `ssr_tf data synth/convert` (default: generate)")
   p.add_argument("--rows", type=int, default=300_000, help="rows to generate without --data")
+  p.add_argument("--movielens", default="../shared/data/public/ml-latest-small",
+                 help="--suite real without --data: the ml-latest-small folder to convert")
+  p.add_argument("--split", default="random", choices=["random", "time"],
+                 help="--suite real without --data: the split of the conversion")
   p.add_argument("--mode", default=None, choices=["default", "saturating"],
                  help="synthetic mode without --data (default: saturating for the scaling "
                       "suite, else default)")
@@ -714,7 +756,10 @@ def main(argv: list[str], prog: str = "ssr_tf bench quality") -> int:
     p.error("--seeds, --epochs, --patience and --evals_per_epoch must be >= 1")
   output = pathlib.Path(args.output)
   mode = args.mode or ("saturating" if args.suite == "scaling" else "default")
-  data_dir = ensure_data(args.data, args.rows, mode, output)
+  if args.suite == "real" and not args.data:
+    data_dir = movielens_data(pathlib.Path(args.movielens), output, args.split)
+  else:
+    data_dir = ensure_data(args.data, args.rows, mode, output)
   splits = load_splits(data_dir)
   protocol = Protocol(epochs=args.epochs, patience=args.patience,
                       evals_per_epoch=args.evals_per_epoch,
