@@ -189,6 +189,9 @@ def main(argv: list[str], prog: str = "ssr_tf bench context") -> int:
                  help="experiment config whose model is built (its data.spec is replaced)")
   p.add_argument("--data", default="", help="synthetic data dir (spec.yaml, test/*); default: "
                  "write 4,000 rows of `ssr_tf data synth` to a temp dir")
+  p.add_argument("--history_len", type=int, default=5,
+                 help="synthetic data only: max_len of the user's history_categories (the "
+                      "demo's 5; production histories are often 50 or more)")
   p.add_argument("--checkpoint", default="", help="weights to restore (default: untrained; "
                  "the timing does not depend on them)")
   p.add_argument("--context", default=",".join(SYNTH_CONTEXT),
@@ -203,7 +206,8 @@ def main(argv: list[str], prog: str = "ssr_tf bench context") -> int:
     if not data:
       from ssr_tf import synth
       data = os.path.join(tmp, "data")
-      synth.write(synth.SynthConfig(rows=4000, seed=0, shards=1), data)
+      synth.write(synth.SynthConfig(rows=4000, seed=0, shards=1,
+                                    history_len=args.history_len), data)
     base = os.path.join(tmp, "export")
     path, records, summary = build_export(args.config, data, names, base, args.checkpoint)
     ctx, cands, flat = make_request(records, names, args.candidates)
@@ -211,7 +215,7 @@ def main(argv: list[str], prog: str = "ssr_tf bench context") -> int:
               .strftime("%Y-%m-%d %H:%M UTC"), "commit": _commit(),
               "host": f"{platform.node()} ({os.cpu_count()} cores)", "command": " ".join(
                   ["ssr_tf bench context"] + argv), "candidates": args.candidates,
-              "spec": summary}
+              "spec": {**summary, "history_len": None if args.data else args.history_len}}
     m = model_times(path, ctx, cands, flat, args.requests)
     m["ratio_p50"] = round(m["flat"]["p50_ms"] / m["context"]["p50_ms"], 3)
     result["model"] = m

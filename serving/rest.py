@@ -141,8 +141,12 @@ class RestFrontEnd:
           raise invalid(f"input '{n}' is not an input of signature '{sig.name}'; it takes "
                         f"{names}")
         feeds[n] = json_to_ndarray(n, v, sig.inputs[n])
-      rows = check_feeds(sig.name, sig.inputs, feeds, core.max_request_rows)
-      out = core.infer(servable, sig, feeds, rows, deadline)
+      if examples_lib.is_context_signature(sig):     # one context + N candidates: not merged
+        rows = examples_lib.check_context_feeds(servable, sig.name, feeds, core.max_request_rows)
+        out = servable.run(sig, feeds)
+      else:
+        rows = check_feeds(sig.name, sig.inputs, feeds, core.max_request_rows)
+        out = core.infer(servable, sig, feeds, rows, deadline)
     finally:
       core.manager.release(servable)
     outs = sorted(out)

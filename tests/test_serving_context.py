@@ -318,6 +318,23 @@ def test_server_rest_regress_with_context(server, signatures, export):
   np.testing.assert_allclose(got, want["click_prob"], rtol=1e-6, atol=1e-6)
 
 
+def test_server_rest_predict_context_signature(server, signatures, export):
+  import base64
+  import urllib.request
+  _, _, records = export
+  ctx, cands = _request(records[:7])
+  b64 = lambda b: {"b64": base64.b64encode(b).decode()}
+  body = {"signature_name": "context_candidates",
+          "inputs": {"context": b64(ctx), "candidates": [b64(c) for c in cands]}}
+  url = f"http://127.0.0.1:{server.rest_port}/v1/models/ssr:predict"
+  with urllib.request.urlopen(urllib.request.Request(url, json.dumps(body).encode()),
+                              timeout=60) as r:
+    got = json.loads(r.read())["outputs"]
+  want = _flat(signatures, [_merge(ctx, c) for c in cands])
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-6)
+
+
 def _bad(export):
   _, _, records = export
   ctx, cands = _request(records[:4])
