@@ -8,24 +8,47 @@ that flips sign across training runs can still have a small p here.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from typing import Optional
 
 import numpy as np
+import tensorflow as tf
 
 from ssr_tf import metrics, task
 from ssr_tf.config import TASKS, ExperimentConfig, load_config
 from ssr_tf.errors import UserError, output_file
 from ssr_tf.evaluation import check_slice_feature, json_safe, predict_split, slice_rows
+from ssr_tf.features import load_spec
 
 
 def check_same_data(a: ExperimentConfig, b: ExperimentConfig, split: str) -> None:
-  """Both configs must read the same records through the same feature spec."""
-  for key in ("spec", split):
-    va, vb = getattr(a.data, key), getattr(b.data, key)
-    if va != vb:
-      raise UserError(f"config key 'data.{key}' differs between the two configs "
-                      f"({va!r} vs {vb!r}): compare needs the same records and spec")
+  """Both configs must read the same records (the same files, however the patterns are
+  written) with the same labels, and model B's features must be among model A's with the
+  same dtype and shape: the records are parsed once with A's spec and fed to both. So B
+  may use fewer features or pool a history differently (another spec file) than A."""
+  pa, pb = getattr(a.data, split), getattr(b.data, split)
+  if sorted(map(os.path.realpath, tf.io.gfile.glob(pa))) != sorted(
+      map(os.path.realpath, tf.io.gfile.glob(pb))):
+    raise UserError(f"config key 'data.{split}' reads other files in the two configs "
+                    f"({pa!r} vs {pb!r}): compare needs the same records")
+  if a.data.spec == b.data.spec:
+    return
+  sa, sb = load_spec(a.data.spec), load_spec(b.data.spec)
+  if sa.labels != sb.labels:
+    raise UserError(f"config key 'data.spec': the labels differ ({sa.labels} in "
+                    f"{a.data.spec} vs {sb.labels} in {b.data.spec})")
+  for f in sb.features:
+    try:
+      fa = sa.feature(f.name)
+    except KeyError:
+      raise UserError(f"config key 'data.spec': feature {f.name!r} of {b.data.spec} is not "
+                      f"in {a.data.spec}; compare parses the records with the first "
+                      "config's spec (swap --config and --against)") from None
+    if (fa.dtype, sa.value_shape(fa)) != (f.dtype, sb.value_shape(f)):
+      raise UserError(f"config key 'data.spec': feature {f.name!r} has dtype/shape "
+                      f"{fa.dtype}{sa.value_shape(fa)} in {a.data.spec} but "
+                      f"{f.dtype}{sb.value_shape(f)} in {b.data.spec}")
 
 
 def _paired(arrays: dict, rows: Optional[np.ndarray] = None) -> dict:

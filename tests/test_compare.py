@@ -65,6 +65,29 @@ def test_compare_refuses_different_records(two_models, tmp_path, capsys):
   assert len([l for l in err.splitlines() if l.strip()]) == 1
 
 
+def test_compare_accepts_a_spec_with_fewer_features_but_not_the_reverse(two_models, tmp_path,
+                                                                       capsys, synth_dir):
+  """Another spec file over the same records (a feature left out, as the history suite's
+  variants do): B parsed with A's spec works; A missing one of B's features is named."""
+  from ssr_tf.features import load_spec
+  spec = load_spec(str(synth_dir / "spec.yaml"))
+  dropped = spec.features.pop(-1).name
+  fewer = tmp_path / "fewer.yaml"
+  fewer.write_text(spec.to_yaml())
+  run = tmp_path / "fewer_run"
+  run.mkdir()
+  cfg = experiment_yaml(run, synth_dir, data={"spec": str(fewer)},
+                        model={"name": "dnn", "embedding_dim": 8,
+                               "backbone": {"hidden_units": [16]}},
+                        train={"steps_per_epoch": 3})
+  assert cli.main(["train", "--config", str(cfg)]) == 0
+  capsys.readouterr()
+  assert cli.main(["compare", "--config", str(two_models["dnn"]), "--against", str(cfg)]) == 0
+  code = cli.main(["compare", "--config", str(cfg), "--against", str(two_models["dnn"])])
+  err = capsys.readouterr().err
+  assert code == 2 and f"feature {dropped!r}" in err and "swap" in err
+
+
 def test_compare_untrained_model_is_named(two_models, tmp_path, capsys):
   code = cli.main(["compare", "--config", str(two_models["ssr"]), "--against",
                    str(two_models["dnn"]), "--set_against", f"train.model_dir={tmp_path / 'none'}"])
