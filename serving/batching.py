@@ -103,6 +103,39 @@ class Batcher:
         self._release_slot()
     return task.future
 
+  def run(self, servable: Servable, sig: Signature, feeds: dict[str, np.ndarray], rows: int,
+          deadline: Optional[float] = None) -> dict[str, np.ndarray]:
+    """Runs one validated request and returns {output: array} for its rows.
+
+    With a free slot, an empty queue and no batch timeout the session call runs at once on
+    the calling thread (no task, future or hand-off); otherwise the request is queued and
+    this waits for its batch (DEADLINE_EXCEEDED once `deadline` passes).
+    """
+    with self._cond:
+      inline = (self.batch_timeout_s <= 0 and not self._queue and not self._stopping
+                and self._running < self.num_threads)
+      if inline:
+        self._running += 1
+        st = self.stats
+        st.batches += 1
+        st.requests += 1
+        st.rows += rows
+        st.max_requests_in_batch = max(st.max_requests_in_batch, 1)
+    if inline:
+      try:
+        if deadline is not None and time.monotonic() > deadline:
+          raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while queued")
+        return servable.run(sig, feeds)
+      finally:
+        self._release_slot()
+    future = self.submit(servable, sig, feeds, rows, deadline)
+    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+    try:
+      return future.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+      raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                         "deadline exceeded before the model finished") from None
+
   def _release_slot(self) -> None:
     with self._cond:
       self._running -= 1

@@ -4,9 +4,14 @@ For every (candidates per request, concurrency) cell, closed-loop client threads
 channel each) send pre-serialized PredictRequests of tf.Examples for a bounded number of
 requests or seconds; the JSON gives p50/p90/p99/max latency, QPS and errors by status
 code. The same model is also timed in-process (the server's session engine, and an
-eager ``tf.saved_model.load`` signature call) at concurrency 1, giving the serving
-overhead ratio. One "target" cell (default 128 candidates x concurrency 4) runs longer
-(default 10,000 requests); ``--hot_reload`` publishes a new version in the middle of it.
+eager ``tf.saved_model.load`` signature call) at concurrency 1, and the session engine
+with as many threads as each cell's concurrency (in-process QPS). ``overhead`` is the
+server at concurrency 1 against the in-process call, measured in alternating rounds so
+that both see the same machine load; ``breakdown`` splits one request into its stages.
+One "target" cell (default 128 candidates x concurrency 4) runs longer (default 10,000
+requests); ``--hot_reload`` publishes a new version in the middle of it. ``--swap``
+runs a separate load (concurrency 4) with a new version published every other window
+and compares p99 in the windows after each publish with the windows before.
 
   ssr_tf bench serving --model_base_path demo_out/export --input 'demo_out/data/test/*'
 """
@@ -22,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import ssr_tf  # noqa: F401  (TF log level before TensorFlow loads)
 import grpc
@@ -176,66 +181,284 @@ def run_cell(target: str, requests: list[bytes], candidates: int, concurrency: i
           **_pct(lat), "served_versions": {str(k): v for k, v in sorted(versions.items())}}
 
 
-def in_process(export_dir: str, pool: list[bytes], sizes: list[int], n: int,
-               server_args: list[str], target: tuple[int, int]) -> list[dict]:
-  """The model called in-process, with the server's engine settings (`server_args`).
+def run_swap(target: str, requests: list[bytes], candidates: int, concurrency: int,
+             publish: Callable[[int], int], swaps: int, window_s: float,
+             timeout_s: float = 30.0) -> dict:
+  """Closed-loop load with `swaps` new versions published, one every 2 x `window_s`.
 
-  Per size at concurrency 1: the session engine the server uses and an eager
-  ``tf.saved_model.load`` signature call. For the target cell also the session engine
-  at the target concurrency (threads): the latency floor without any serving.
+  The timeline is [steady window][publish, swap window][steady window][publish, swap
+  window]...: p99 over the requests sent in the swap windows (the `window_s` seconds from
+  each publish) is compared with p99 over the steady windows just before them.
+  `publish(i)` makes swap i's version directory appear and returns its number.
   """
-  import tensorflow as tf
+  lock = threading.Lock()
+  records: list[tuple[float, float, int]] = []      # (start, latency, version)
+  codes: dict[str, int] = {}
+  done = threading.Event()
+  channels = [grpc.insecure_channel(target, options=[
+      ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
+      for _ in range(concurrency)]
+  calls = [ch.unary_unary(PREDICT, request_serializer=None,
+                          response_deserializer=predict_pb2.PredictResponse.FromString)
+           for ch in channels]
+  for call in calls:
+    for k in range(4):
+      call(requests[k % len(requests)], timeout=timeout_s)
+
+  def worker(i: int) -> None:
+    call, k = calls[i], i
+    while not done.is_set():
+      req = requests[k % len(requests)]
+      k += concurrency
+      t0 = time.perf_counter()
+      try:
+        resp = call(req, timeout=timeout_s)
+        dt = time.perf_counter() - t0
+        ok = len(resp.outputs["click_prob"].float_val) == candidates
+        with lock:
+          records.append((t0, dt, resp.model_spec.version.value if ok else -1))
+      except grpc.RpcError as e:
+        with lock:
+          codes[e.code().name] = codes.get(e.code().name, 0) + 1
+
+  threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+  for t in threads:
+    t.start()
+  events = []
+  try:
+    for i in range(swaps):
+      time.sleep(window_s)                             # steady window
+      t_pub = time.perf_counter()
+      version = publish(i)
+      events.append((t_pub, version))
+      time.sleep(window_s)                             # swap window
+  finally:
+    done.set()
+    for t in threads:
+      t.join()
+    for ch in channels:
+      ch.close()
+  bad = sum(1 for r in records if r[2] == -1)
+  if bad:
+    codes["WRONG_OUTPUT_SIZE"] = bad
+  steady, swapping, per_swap = [], [], []
+  for t_pub, version in events:
+    before = [dt for t0, dt, _ in records if t_pub - window_s <= t0 < t_pub]
+    after = [dt for t0, dt, _ in records if t_pub <= t0 < t_pub + window_s]
+    first_new = min((t0 + dt for t0, dt, v in records if v == version), default=None)
+    steady += before
+    swapping += after
+    p_before, p_after = _pct(before)["p99_ms"], _pct(after)["p99_ms"]
+    per_swap.append({
+        "version": version, "steady_requests": len(before), "swap_requests": len(after),
+        "steady_p50_ms": _pct(before)["p50_ms"], "steady_p99_ms": p_before,
+        "swap_p50_ms": _pct(after)["p50_ms"], "swap_p99_ms": p_after,
+        "swap_max_ms": _pct(after)["max_ms"],
+        "ratio_p99": round(p_after / p_before, 3) if p_before and p_after else None,
+        "seconds_to_first_new_response": (round(first_new - t_pub, 3)
+                                          if first_new is not None else None)})
+  served: dict[str, int] = {}
+  for _, _, v in records:
+    served[str(v)] = served.get(str(v), 0) + 1
+  p_steady, p_swap = _pct(steady)["p99_ms"], _pct(swapping)["p99_ms"]
+  return {"candidates": candidates, "concurrency": concurrency, "swaps": swaps,
+          "window_s": window_s, "requests": len(records) + sum(codes.values()) - bad,
+          "errors": sum(codes.values()), "error_codes": codes,
+          "steady_p50_ms": _pct(steady)["p50_ms"], "steady_p99_ms": p_steady,
+          "swap_p50_ms": _pct(swapping)["p50_ms"], "swap_p99_ms": p_swap,
+          "ratio_p99": round(p_swap / p_steady, 3) if p_steady and p_swap else None,
+          "per_swap": per_swap, "served_versions": dict(sorted(served.items()))}
+
+
+def _servable(export_dir: str, server_args: list[str]):
+  """The export loaded the way `ssr_tf serve` with `server_args` loads it."""
   from ssr_tf.serving import server as server_lib
   from ssr_tf.serving.servable import Servable
   a = server_lib.build_parser("bench").parse_args(["--model_base_path", export_dir] +
                                                   server_args)
-  servable = Servable("bench", 0, export_dir, a.tensorflow_intra_op_parallelism,
-                      a.tensorflow_inter_op_parallelism)
+  return Servable("bench", 0, export_dir, a.tensorflow_intra_op_parallelism,
+                  a.tensorflow_inter_op_parallelism)
+
+
+def _feeds(pool: list[bytes], c: int) -> np.ndarray:
+  arr = np.empty(c, dtype=object)
+  arr[:] = [pool[i % len(pool)] for i in range(c)]
+  return arr
+
+
+def _threaded(fn, threads: int, per_thread: int, max_seconds: float) -> tuple[list[float], float]:
+  """Runs `fn` closed-loop on `threads` threads; (latencies, elapsed seconds)."""
+  lats: list[list[float]] = [[] for _ in range(threads)]
+  stop = time.monotonic() + max_seconds
+
+  def loop(i: int) -> None:
+    for _ in range(per_thread):
+      t0 = time.perf_counter()
+      fn()
+      lats[i].append(time.perf_counter() - t0)
+      if time.monotonic() > stop:
+        return
+
+  ts = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+  t0 = time.monotonic()
+  for t in ts:
+    t.start()
+  for t in ts:
+    t.join()
+  return [x for part in lats for x in part], time.monotonic() - t0
+
+
+def in_process(export_dir: str, pool: list[bytes], sizes: list[int], n: int,
+               server_args: list[str], target: tuple[int, int],
+               concurrency: Sequence[int] = ()) -> list[dict]:
+  """The model called in-process, with the server's engine settings (`server_args`).
+
+  Per size at concurrency 1: the session engine the server uses and an eager
+  ``tf.saved_model.load`` signature call. Per size and each concurrency > 1 (and the
+  target cell's): the session engine on that many threads, with its QPS: the latency
+  and throughput floor without any serving.
+  """
+  import tensorflow as tf
+  servable = _servable(export_dir, server_args)
   sig = servable.signature("serving_default")
   eager = tf.saved_model.load(export_dir).signatures["serving_default"]
   out = []
-
-  def feeds(c: int) -> np.ndarray:
-    arr = np.empty(c, dtype=object)
-    arr[:] = [pool[i % len(pool)] for i in range(c)]
-    return arr
-
-  def timed(fn, count: int) -> list[float]:
-    lat = []
-    stop = time.monotonic() + 30
-    for _ in range(count):
-      t0 = time.perf_counter()
-      fn()
-      lat.append(time.perf_counter() - t0)
-      if time.monotonic() > stop:
-        break
-    return lat
-
   for c in sizes:
-    arr = feeds(c)
+    arr = _feeds(pool, c)
     strings = tf.constant(list(arr))
     for engine, fn in (("session", lambda: servable.run(sig, {"examples": arr})),
                        ("eager", lambda: eager(examples=strings))):
       for _ in range(10):
         fn()
-      lat = timed(fn, n)
+      lat, elapsed = _threaded(fn, 1, n, 30.0)
       out.append({"candidates": c, "engine": engine, "concurrency": 1, "requests": len(lat),
-                  **_pct(lat)})
-  c, k = target
-  if c in sizes and k > 1:
-    arr = feeds(c)
-    lats: list[list[float]] = [[] for _ in range(k)]
-    threads = [threading.Thread(target=lambda i=i: lats[i].extend(
-        timed(lambda: servable.run(sig, {"examples": arr}), n))) for i in range(k)]
-    for t in threads:
-      t.start()
-    for t in threads:
-      t.join()
-    lat = [x for part in lats for x in part]
-    out.append({"candidates": c, "engine": "session", "concurrency": k, "requests": len(lat),
-                **_pct(lat)})
+                  "qps": round(len(lat) / elapsed, 1), **_pct(lat)})
+    levels = sorted({k for k in concurrency if k > 1} |
+                    ({target[1]} if c == target[0] and target[1] > 1 else set()))
+    for k in levels:
+      lat, elapsed = _threaded(lambda: servable.run(sig, {"examples": arr}), k,
+                               max(n // k, 10), 30.0)
+      out.append({"candidates": c, "engine": "session", "concurrency": k, "requests": len(lat),
+                  "qps": round(len(lat) / elapsed, 1), **_pct(lat)})
   servable.close()
   return out
+
+
+def interleaved_overhead(target: str, export_dir: str, pool: list[bytes], sizes: list[int],
+                         model_name: str, server_args: list[str], rounds: int = 5,
+                         per_round: int = 40) -> list[dict]:
+  """Server at concurrency 1 vs the in-process session call, in alternating rounds.
+
+  Each round times `per_round` in-process calls, then `per_round` gRPC Predicts of the same
+  candidates; the ratio is the median over rounds of (server p50 / in-process p50), so a
+  change of machine load between rounds does not bias it.
+  """
+  servable = _servable(export_dir, server_args)
+  sig = servable.signature("serving_default")
+  channel = grpc.insecure_channel(target, options=[
+      ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
+  call = channel.unary_unary(PREDICT, request_serializer=None,
+                             response_deserializer=predict_pb2.PredictResponse.FromString)
+  out = []
+  for c in sizes:
+    arr = _feeds(pool, c)
+    req = _requests(pool, c, model_name)[0]
+    inproc = lambda: servable.run(sig, {"examples": arr})  # noqa: E731
+    remote = lambda: call(req, timeout=30)  # noqa: E731
+    for _ in range(5):
+      inproc()
+      remote()
+    server_p50, inproc_p50 = [], []
+    for _ in range(rounds):
+      for fn, dest in ((inproc, inproc_p50), (remote, server_p50)):
+        lat, _ = _threaded(fn, 1, per_round, 30.0)
+        dest.append(float(np.percentile(np.asarray(lat) * 1e3, 50)))
+    ratios = [s_ / i_ for s_, i_ in zip(server_p50, inproc_p50)]
+    out.append({"candidates": c, "rounds": rounds, "calls_per_round": per_round,
+                "server_p50_ms": round(float(np.median(server_p50)), 3),
+                "inprocess_p50_ms": round(float(np.median(inproc_p50)), 3),
+                "ratio": round(float(np.median(ratios)), 3),
+                "ratio_per_round": [round(r, 3) for r in ratios]})
+  channel.close()
+  servable.close()
+  return out
+
+
+def breakdown(target: str, export_dir: str, pool: list[bytes], candidates: int,
+              model_name: str, server_args: list[str], n: int = 200) -> dict:
+  """Median microseconds of each stage of one Predict of `candidates` tf.Examples.
+
+  The in-process stages run the server's own code (ServingCore with the server's batcher
+  settings) on one request; ``grpc_status_roundtrip_us`` is a GetModelStatus call to the
+  server, i.e. gRPC transport, both Python gRPC stacks and the thread hand-offs with no
+  model work; ``grpc_predict_roundtrip_us`` is the whole request.
+  """
+  from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+  from ssr_tf.serving import server as server_lib
+  from ssr_tf.serving.batching import Batcher
+  from ssr_tf.serving.core import ServingCore
+  from ssr_tf.serving.tensors import check_feeds, ndarray_to_tensor, tensor_to_ndarray
+  a = server_lib.build_parser("bench").parse_args(["--model_base_path", export_dir] +
+                                                  server_args)
+  servable = _servable(export_dir, server_args)
+  batcher = (Batcher(a.max_batch_size, a.batch_timeout_micros / 1e6, a.max_queued_requests,
+                     a.num_batch_threads) if a.enable_batching else None)
+
+  class _One:                      # a manager that always hands out `servable`
+    def acquire(self, name, version=None):
+      return servable
+
+    def release(self, s):
+      pass
+
+  core = ServingCore(_One(), batcher, a.max_request_rows)  # type: ignore[arg-type]
+  sig = servable.signature("serving_default")
+  raw = _requests(pool, candidates, model_name)[0]
+  req = predict_pb2.PredictRequest.FromString(raw)
+  feeds = {"examples": tensor_to_ndarray("examples", req.inputs["examples"])}
+  out = servable.run(sig, feeds)
+  channel = grpc.insecure_channel(target, options=[
+      ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
+  predict = channel.unary_unary(PREDICT, request_serializer=None, response_deserializer=None)
+  status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus
+  sreq = get_model_status_pb2.GetModelStatusRequest()
+  sreq.model_spec.name = model_name
+
+  def encode():
+    resp = predict_pb2.PredictResponse()
+    for k in sorted(out):
+      ndarray_to_tensor(out[k], resp.outputs[k])
+    return resp
+
+  stages = {
+      "parse_request_us": lambda: predict_pb2.PredictRequest.FromString(raw),
+      "request_to_ndarray_us": lambda: tensor_to_ndarray("examples", req.inputs["examples"]),
+      "validate_us": lambda: check_feeds(sig.name, sig.inputs, feeds, a.max_request_rows),
+      "session_call_us": lambda: servable.run(sig, feeds),
+      "batcher_and_session_call_us": lambda: core.infer(servable, sig, feeds, candidates),
+      "outputs_to_response_us": encode,
+      "serialize_response_us": lambda: encode().SerializeToString(),
+      "core_predict_us": lambda: core.predict(req),
+      "grpc_status_roundtrip_us": lambda: status(sreq, timeout=30),
+      "grpc_predict_roundtrip_us": lambda: predict(raw, timeout=30),
+  }
+  times: dict[str, list[float]] = {k: [] for k in stages}
+  for fn in stages.values():
+    for _ in range(5):
+      fn()
+  for _ in range(4):                       # alternating rounds, as in interleaved_overhead
+    for k, fn in stages.items():
+      lat, _ = _threaded(fn, 1, n // 4, 30.0)
+      times[k].extend(lat)
+  result: dict[str, Any] = {"candidates": candidates, "calls": n}
+  result.update({k: round(float(np.median(v)) * 1e6, 1) for k, v in times.items()})
+  result["server_overhead_us"] = round(result["grpc_predict_roundtrip_us"] -
+                                       result["session_call_us"], 1)
+  channel.close()
+  if batcher is not None:
+    batcher.stop()
+  servable.close()
+  return result
 
 
 def main(argv: list[str], prog: str = "ssr_tf bench serving") -> int:
@@ -259,6 +482,20 @@ def main(argv: list[str], prog: str = "ssr_tf bench serving") -> int:
   p.add_argument("--hot_reload", action="store_true",
                  help="publish a copy of the model as a new version during the target cell "
                       "(needs --model_base_path; works on a temporary copy)")
+  p.add_argument("--swap", action="store_true",
+                 help="measure p99 around version swaps under load (needs --model_base_path; "
+                      "works on a temporary copy)")
+  p.add_argument("--swap_count", type=int, default=2, help="versions published in --swap")
+  p.add_argument("--swap_window_seconds", type=float, default=10.0,
+                 help="length of each steady and each swap window")
+  p.add_argument("--swap_cell", type=_cell, default=(128, 4),
+                 help="candidates x concurrency of the --swap load")
+  p.add_argument("--swap_ratio_limit", type=float, default=1.5,
+                 help="target for swap p99 / steady p99")
+  p.add_argument("--overhead_ratio_limit", type=float, default=1.15,
+                 help="target for server p50 / in-process p50 at 128 candidates")
+  p.add_argument("--overhead_rounds", type=int, default=5,
+                 help="alternating in-process / server rounds per size (0 = skip)")
   p.add_argument("--inprocess_requests", type=int, default=300,
                  help="in-process calls per size (0 = skip)")
   p.add_argument("--server_args", default="",
@@ -268,8 +505,8 @@ def main(argv: list[str], prog: str = "ssr_tf bench serving") -> int:
   args = p.parse_args(argv)
   if bool(args.model_base_path) == bool(args.server):
     p.error("give exactly one of --model_base_path and --server")
-  if args.hot_reload and not args.model_base_path:
-    p.error("--hot_reload needs --model_base_path")
+  if (args.hot_reload or args.swap) and not args.model_base_path:
+    p.error("--hot_reload and --swap need --model_base_path")
   if args.output:
     output_file(args.output)             # before the benchmark runs, not after
   server_args = args.server_args.split()
@@ -289,7 +526,7 @@ def main(argv: list[str], prog: str = "ssr_tf bench serving") -> int:
       top = max(versions)
       export_dir = versions[top]
       base = args.model_base_path
-      if args.hot_reload:          # never touch the user's directory: serve a copy
+      if args.hot_reload or args.swap:    # never touch the user's directory: serve a copy
         tmp = tempfile.mkdtemp(prefix="ssr_bench_")
         base = os.path.join(tmp, "models")
         shutil.copytree(export_dir, os.path.join(base, str(top)))
@@ -308,7 +545,13 @@ def main(argv: list[str], prog: str = "ssr_tf bench serving") -> int:
     if export_dir and args.inprocess_requests > 0:
       result["inprocess"] = in_process(export_dir, pool, args.candidates,
                                        args.inprocess_requests, server_args,
-                                       tuple(args.target))
+                                       tuple(args.target), args.concurrency)
+    if export_dir and args.overhead_rounds > 0:
+      result["overhead_interleaved"] = interleaved_overhead(
+          target, export_dir, pool, args.candidates, args.model_name, server_args,
+          args.overhead_rounds)
+      result["breakdown"] = breakdown(target, export_dir, pool, 128, args.model_name,
+                                      server_args)
     cells = []
     for c in args.candidates:
       reqs = _requests(pool, c, args.model_name)
@@ -346,6 +589,41 @@ def main(argv: list[str], prog: str = "ssr_tf bench serving") -> int:
                          "ratio_vs_session": round(cell["p50_ms"] / base_ms, 2),
                          "ratio_vs_eager": round(cell["p50_ms"] / eager_ms, 2)})
     result["overhead"] = overhead
+    at128 = next((o for o in result.get("overhead_interleaved", []) if o["candidates"] == 128),
+                  None)
+    if at128 is not None:
+      result["overhead_target"] = {"candidates": 128, "ratio": at128["ratio"],
+                                   "limit": args.overhead_ratio_limit,
+                                   "met": at128["ratio"] <= args.overhead_ratio_limit}
+    floors = {(r["candidates"], r["concurrency"]): r for r in result.get("inprocess", [])
+              if r["engine"] == "session"}
+    result["qps_vs_inprocess"] = [
+        {"candidates": c["candidates"], "concurrency": c["concurrency"], "server_qps": c["qps"],
+         "inprocess_qps": floors[(c["candidates"], c["concurrency"])]["qps"],
+         "ratio": round(c["qps"] / floors[(c["candidates"], c["concurrency"])]["qps"], 3)}
+        for c in cells if (c["candidates"], c["concurrency"]) in floors]
+    if args.swap:
+      sc, sk = args.swap_cell
+      first = max(list_versions(base)) + 1
+      staged = []
+      for i in range(args.swap_count):          # copies made before the load starts
+        stage = os.path.join(tmp, f"stage{first + i}")
+        shutil.copytree(export_dir, stage)
+        staged.append(stage)
+
+      def publish_swap(i: int) -> int:
+        os.rename(staged[i], os.path.join(base, str(first + i)))
+        return first + i
+
+      swap = run_swap(target, _requests(pool, sc, args.model_name), sc, sk, publish_swap,
+                      args.swap_count, args.swap_window_seconds)
+      swap["ratio_limit"] = args.swap_ratio_limit
+      swap["met"] = (swap["errors"] == 0 and swap["ratio_p99"] is not None
+                     and swap["ratio_p99"] <= args.swap_ratio_limit)
+      result["swap"] = swap
+      print(json.dumps({k2: swap[k2] for k2 in ("requests", "errors", "steady_p99_ms",
+                                                 "swap_p99_ms", "ratio_p99")}),
+            flush=True, file=sys.stderr)
     tc = next((x for x in cells if x["target"]), None)
     if tc is not None:
       floor = next((r for r in result.get("inprocess", []) if r["concurrency"] ==
@@ -368,6 +646,8 @@ def main(argv: list[str], prog: str = "ssr_tf bench serving") -> int:
       log = srv.log()
       result["server"]["batching"] = next(
           (line.split("] ", 1)[-1] for line in log.splitlines() if "Batching:" in line), None)
+      result["server"]["loads"] = [line.split("] ", 1)[-1] for line in log.splitlines()
+                                   if "Successfully loaded" in line or "Warm-up of" in line]
     if tmp:
       shutil.rmtree(tmp, ignore_errors=True)
   text = json.dumps(result, indent=2)

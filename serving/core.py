@@ -6,7 +6,6 @@ model version (through the batcher) and builds the response protos. Every failur
 """
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
 import time
@@ -72,13 +71,7 @@ class ServingCore:
     """Runs validated inputs through the batcher (or directly) and returns all outputs."""
     if self.batcher is None or rows == 0 or rows > self.batcher.max_batch_size:
       return servable.run(sig, feeds)
-    future = self.batcher.submit(servable, sig, feeds, rows, deadline)
-    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-    try:
-      return future.result(timeout=timeout)
-    except concurrent.futures.TimeoutError:
-      raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                         "deadline exceeded before the model finished") from None
+    return self.batcher.run(servable, sig, feeds, rows, deadline)
 
   @staticmethod
   def _fill_spec(out: model_pb2.ModelSpec, servable: Servable, sig_name: str = "") -> None:

@@ -6,6 +6,11 @@ warmed up, and only then swapped in (an atomic reference change under a lock). R
 hold a reference to the version they started on, so the old version finishes its
 in-flight requests before its session is closed: no request fails during a swap.
 This is TF Serving's availability-preserving policy with one aspired version.
+
+While a version is served, a new one is warmed up on a thread of lower CPU priority
+(``load_nice``; on Linux a thread's nice value is its own), so that its first session
+calls (graph optimisation, the warm-up requests) take the cores only when requests leave
+them idle.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 import grpc
 
@@ -66,6 +71,35 @@ def _fingerprint(path: str) -> tuple:
   return newest, count
 
 
+T = TypeVar("T")
+
+
+def run_niced(fn: Callable[[], T], nice: int) -> T:
+  """Runs `fn` on a new thread whose nice value is raised by `nice`, and returns its result
+  (or raises its exception). Linux applies a thread's nice value to that thread only;
+  elsewhere, or if the call is refused, `fn` runs at normal priority."""
+  box: dict[str, object] = {}
+
+  def body() -> None:
+    if nice > 0:
+      try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                       os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + nice)
+      except (AttributeError, OSError):
+        pass
+    try:
+      box["result"] = fn()
+    except BaseException as e:  # re-raised on the caller's thread
+      box["error"] = e
+
+  t = threading.Thread(target=body, name="version-warmup", daemon=True)
+  t.start()
+  t.join()
+  if "error" in box:
+    raise box["error"]  # type: ignore[misc]
+  return box["result"]  # type: ignore[return-value]
+
+
 def _describe(name: str, version: int) -> str:
   return f"{{name: {name} version: {version}}}"
 
@@ -80,14 +114,17 @@ class ModelManager:
     warmup: runs warm-up requests on a freshly loaded Servable; may raise (load fails).
     poll_seconds: how often to look for new versions (<= 0: only at start).
     unload_timeout_s: longest wait for an old version's in-flight requests.
+    load_nice: nice increment of the thread that warms up a version while another one is
+      served (0 = same priority as requests).
   """
 
   def __init__(self, name: str, base_path: str, load: Callable[[int, str], Servable],
                warmup: Optional[Callable[[Servable], None]] = None, poll_seconds: float = 1.0,
-               unload_timeout_s: float = 60.0):
+               unload_timeout_s: float = 60.0, load_nice: int = 0):
     self.name, self.base_path = name, base_path
     self._load, self.warmup = load, warmup
     self.poll_seconds, self.unload_timeout_s = poll_seconds, unload_timeout_s
+    self.load_nice = load_nice
     self._lock = threading.Lock()
     self._current: Optional[Servable] = None
     self._loaded: dict[int, Servable] = {}      # AVAILABLE or UNLOADING
@@ -152,7 +189,11 @@ class ModelManager:
     try:
       servable = self._load(version, path)
       if self.warmup is not None:
-        self.warmup(servable)
+        warmup, loaded = self.warmup, servable
+        if self._current is not None and self.load_nice > 0:
+          run_niced(lambda: warmup(loaded), self.load_nice)
+        else:
+          warmup(loaded)
     except Exception as e:   # a bad export must not take the server down
       if servable is not None:
         servable.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import gc
 import json
 import logging
 import os
@@ -61,6 +62,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
   g.add_argument("--saved_model_tags", default="serve", help="comma-separated MetaGraph tags")
   g.add_argument("--enable_model_warmup", type=_bool, default=True,
                  help="warm a version up before it takes traffic")
+  g.add_argument("--load_nice", type=int, default=10,
+                 help="nice increment of the thread warming up a new version while another "
+                      "one serves (Linux; 0 = same priority as requests)")
   g = p.add_argument_group("network")
   g.add_argument("--host", default="0.0.0.0", help="address to bind (127.0.0.1 for local only)")
   g.add_argument("--port", type=int, default=8500, help="gRPC port (0 = pick a free one)")
@@ -87,12 +91,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
   g.add_argument("--num_batch_threads", type=int, default=min(cores, 4),
                  help="concurrent session calls")
   g = p.add_argument_group("runtime")
-  # One session call per core, one thread per call: on a small box this serves more
-  # requests (and a steadier p99) than letting every call spread over all cores.
+  # One session call per core, run on the request's own thread: on a small box this serves
+  # more requests (and a steadier p99) than letting every call spread over all cores, and
+  # no thread hand-off to a TF pool sits on the request path.
   g.add_argument("--tensorflow_intra_op_parallelism", type=int, default=1,
                  help="threads inside one op (0 = TF default: all cores)")
-  g.add_argument("--tensorflow_inter_op_parallelism", type=int, default=1,
-                 help="ops of one call run in parallel (0 = TF default: all cores)")
+  g.add_argument("--tensorflow_inter_op_parallelism", type=int, default=-1,
+                 help="ops of one call run in parallel (0 = TF default: all cores; negative: "
+                      "a call's ops run one by one on the request thread)")
   g.add_argument("--drain_seconds", type=float, default=30.0,
                  help="on SIGTERM, longest wait for in-flight requests")
   g.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -205,7 +211,8 @@ class ModelServer:
                              args.max_queued_requests, args.num_batch_threads)
     self.manager = ModelManager(args.model_name, args.model_base_path, load,
                                 poll_seconds=args.file_system_poll_wait_seconds,
-                                unload_timeout_s=max(args.drain_seconds, 1.0))
+                                unload_timeout_s=max(args.drain_seconds, 1.0),
+                                load_nice=max(args.load_nice, 0))
     self.core = ServingCore(self.manager, self.batcher, args.max_request_rows)
     if args.enable_model_warmup:
       self.manager.warmup = self.core.warmup
@@ -219,6 +226,11 @@ class ModelServer:
   def start(self) -> None:
     a = self.args
     self.manager.start()
+    # Everything alive now (TensorFlow's modules, the first version) stays: keep it out of
+    # the cyclic garbage collector, whose full passes would otherwise scan it all while
+    # holding the GIL (tens of ms with every request thread stopped).
+    gc.collect()
+    gc.freeze()
     opts = [("grpc.max_receive_message_length", a.max_message_bytes),
             ("grpc.max_send_message_length", a.max_message_bytes),
             ("grpc.so_reuseport", 0)]

@@ -74,8 +74,7 @@ def tensor_to_ndarray(name: str, tp: tensor_pb2.TensorProto) -> np.ndarray:
   values = getattr(tp, field)
   n = len(values)
   if np_dtype is object:
-    arr = np.empty(n, dtype=object)
-    arr[:] = list(values)
+    arr = np.array(values, dtype=object) if n else np.empty(0, dtype=object)
   else:
     arr = np.array(values, dtype=np_dtype)
   if n == size:
