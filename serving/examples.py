@@ -178,9 +178,13 @@ def synthetic_rows(types: Mapping[str, FeatureType], n: int, seed: int = 0,
 
 
 def zero_feeds(inputs: Mapping[str, Any], rows: int) -> dict[str, np.ndarray]:
-  """Zero / empty-string tensors of `rows` rows for every raw input (warm-up)."""
+  """Zero / empty-string tensors of `rows` rows for every raw input (warm-up); a context
+  signature gets one empty context and `rows` empty candidates."""
   feeds = {}
   for name, spec in inputs.items():
+    if name == CONTEXT_INPUT and set(inputs) == {CONTEXT_INPUT, CANDIDATES_INPUT}:
+      feeds[name] = np.array([b""], dtype=object)
+      continue
     dims = [d if d >= 0 else 1 for d in (spec.shape or [-1])[1:]]
     if spec.dtype == types_pb2.DT_STRING:
       arr = np.empty([rows] + dims, dtype=object)

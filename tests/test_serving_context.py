@@ -170,6 +170,19 @@ def test_signature_scores_in_plain_tensorflow_in_a_fresh_process(export, signatu
     np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-6)
 
 
+def test_synthetic_warmup_feeds_run_the_context_signature(export):
+  """Without a warm-up file the server warms every signature on zero_feeds."""
+  from ssr_tf.serving.servable import Servable
+  servable = Servable("ssr", 1, export[0], intra_op_threads=1)
+  for name in ("context_candidates", "context_features"):
+    sig = servable.signatures[name]
+    for rows in (1, 32):
+      out = servable.run(sig, examples_lib.zero_feeds(sig.inputs, rows))
+      if name == "context_candidates":
+        assert out["click_prob"].shape == (rows,)
+  servable.close()
+
+
 def test_split_context_groups_consecutive_runs():
   def ex(user, item, hour=None):
     f = {"user_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[user])),
