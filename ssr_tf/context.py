@@ -13,14 +13,17 @@ candidates and runs the backbone on ``[N, F, dim]``:
 Merge rule (TF Serving's for ExampleListWithContext): a feature set on a candidate wins
 over the context's value. When some candidate sets a context feature, the context features
 are parsed from the N merged examples instead (one row per candidate, as the flat path
-does; a feature with no values counts as not set); only that parse sits in a tf.cond. The graph fails with INVALID_ARGUMENT on a ``context`` of more than
-one example and on zero candidates; candidate features set on the context example are
-not read (``ssr_tf serve`` refuses such requests before the model runs:
-serving/examples.py). Only core TensorFlow ops: stock TF Serving loads it.
+does; a feature with no values counts as not set); only that parse sits in a tf.cond.
+
+The graph fails with INVALID_ARGUMENT on a ``context`` of more than one example and on
+zero candidates; candidate features set on the context example are not read (``ssr_tf
+serve`` refuses such requests before the model runs: serving/examples.py). Only core
+TensorFlow ops: stock TF Serving loads it.
 """
 from __future__ import annotations
 
 import dataclasses
+
 import tensorflow as tf
 
 from ssr_tf import data as data_lib

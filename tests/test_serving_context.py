@@ -103,6 +103,16 @@ def test_context_scores_equal_flat_scores(signatures, export):
     np.testing.assert_allclose(got[k].numpy(), want[k], rtol=1e-6, atol=1e-6)
 
 
+def test_graph_refuses_two_contexts_and_zero_candidates(signatures, export):
+  """What stock TF Serving answers (no ssr_tf serve checks in front of the graph)."""
+  ctx, cands = _request(export[2][:3])
+  sig = signatures["context_candidates"]
+  with pytest.raises(tf.errors.InvalidArgumentError, match="one serialized tf.Example"):
+    sig(context=tf.constant([ctx, ctx]), candidates=tf.constant(cands))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="0 candidates"):
+    sig(context=tf.constant(ctx), candidates=tf.constant([], tf.string))
+
+
 def test_context_features_signature_names_them(signatures):
   assert set(signatures["context_features"].structured_outputs) == set(CONTEXT)
 
