@@ -116,14 +116,34 @@ def score_context_candidates(model, spec: FeatureSpec, context: tf.Tensor,
   ctx_features = tf.cond(overridden, merged, shared)
   cand_features = _model_inputs(parsed_cand, spec, set(cand_names))
   fields = model.embedding.context_fields(ctx_features, cand_features, n)
-  return probabilities_from_fields(model, fields)
+  index = shared_field_index(spec)
+  if not (index and getattr(model.backbone, "splits_first_layer", False)):
+    return probabilities_from_fields(model, fields)
+  # the context fields' rows: 1 (shared) or N (merged); their first-layer term once per row
+  rows = tf.shape(ctx_features[spec.features[index[0]].name])[0]
+  rest = [i for i in range(len(spec.features)) if i not in set(index)]
+  h = model.backbone.split_first_layer(tf.gather(fields[:rows], index, axis=1),
+                                       tf.gather(fields, rest, axis=1), index)
+  return probabilities_from_backbone(model, h)
+
+
+def shared_field_index(spec: FeatureSpec) -> list[int]:
+  """Positions (spec order) of the fields equal for every candidate of a request: the
+  context features except sequences (pooled per candidate, against candidate fields)."""
+  return [i for i, f in enumerate(spec.features)
+          if getattr(f, "context", False) and not f.is_sequence]
 
 
 def probabilities_from_fields(model, fields: tf.Tensor) -> dict:
   """RankingModel's outputs from field embeddings ``[batch, F, dim]`` (inference): the
   backbone, the heads and ``model.probabilities``, as ``RankingModel.logits`` after its
   embedding step."""
-  h = model.backbone(fields, training=False)
+  return probabilities_from_backbone(model, model.backbone(fields, training=False))
+
+
+def probabilities_from_backbone(model, h) -> dict:
+  """RankingModel's outputs from the backbone's output (inference): the heads and
+  ``model.probabilities``."""
   if not isinstance(h, dict):
     h = {t: h for t in model.tasks}
   logits = {"click": tf.squeeze(model.click_head(h["click"]), -1)}

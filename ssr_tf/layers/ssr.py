@@ -219,6 +219,24 @@ class SSRLayer(tf.keras.layers.Layer):
     z = self.activation(z)                                # [batch, views, view_dim]
     return tf.reshape(self.normalize(z), [-1, self.num_views * self.view_dim])
 
+  def call_projected(self, z: tf.Tensor) -> tf.Tensor:
+    """SSR-D inference (pure TF) from its projection z = x W_proj ``[batch, views *
+    expanded_dim]``: the steps of ``call`` after the projection (filter, fuse, normalise).
+
+    For a caller that computes z itself (context serving: ssr_tf/models/ssr.py).
+    """
+    if self.mode != "dynamic":
+      raise ValueError("call_projected: only mode 'dynamic' has a projection")
+    z = tf.reshape(tf.cast(z, self.compute_dtype), [-1, self.num_views, self.expanded_dim])
+    if self.filter == "ics":
+      h = ics_tf(z, self.alpha, self.gamma)
+    elif self.filter == "topk":
+      h = topk_ste(z, self.view_dim)
+    else:                                                 # "none"; "dropout" at inference
+      h = z
+    z = self.activation(block_fusion_tf(h, self.fusion_kernel, self.fusion_bias))
+    return tf.reshape(self.normalize(z), [-1, self.num_views * self.view_dim])
+
   def normalize(self, z: tf.Tensor) -> tf.Tensor:
     """LayerNorm_i of Eq. 6 on z [batch, views, view_dim], per view (see layer_norm)."""
     axes = [0, 2] if self.layer_norm == "view_block" else [2]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Sequence
 
 import tensorflow as tf
 
@@ -10,8 +10,9 @@ from ssr_tf.errors import ConfigError
 from ssr_tf.models import registry
 from ssr_tf.models.base import BackboneLayer
 from ssr_tf.models.checks import Checks
+from ssr_tf.layers import _impl
 from ssr_tf.layers.ssr import LAYER_NORMS, SSRLayer
-from ssr_tf.models.dnn import MLP, mlp_flops
+from ssr_tf.models.dnn import MLP, mlp_flops, split_product
 
 
 @dataclasses.dataclass
@@ -139,6 +140,38 @@ class SSRBackbone(BackboneLayer):
       if self.dropout is not None:
         x = self.dropout(x, training=training)
     return x if self.tower is None else self.tower(x, training=training)
+
+  @property
+  def splits_first_layer(self) -> bool:
+    """SSR-D with the pure-TF projection and no residual around the first layer: its
+    projection is linear in the input, so ``split_first_layer`` applies. SSR-S's first
+    step is a gather (no FLOPs to save), the fused op projects and filters in one kernel,
+    and a residual needs the whole input."""
+    first = self.ssr_layers[0]
+    return (first.mode == "dynamic" and not _impl.use_fused(first.impl)
+            and not (self.residual and first.num_views * first.view_dim == first.input_dim))
+
+  def split_first_layer(self, context: tf.Tensor, candidates: tf.Tensor,
+                        context_index: Sequence[int]) -> tf.Tensor:
+    """``call`` (inference) on fields given as a context part and a candidate part; the
+    first layer's projection z = x W_proj = x_ctx W_proj[ctx rows] + x_cand W_proj[cand rows],
+    the context's term once per context.
+
+    context: ``[1 or N, Fc, dim]``, the fields at positions `context_index` (ascending);
+    candidates: ``[N, F - Fc, dim]``, the other fields in spec order. Only when
+    ``splits_first_layer``; used by context serving (ssr_tf/context.py) only.
+    """
+    first = self.ssr_layers[0]
+    kernel = tf.reshape(first.proj_kernel,
+                        [first.input_dim, first.num_views * first.expanded_dim])
+    context = tf.cast(context, first.compute_dtype)
+    candidates = tf.cast(candidates, first.compute_dtype)
+    ctx, cand = split_product(context, candidates, context_index, kernel)
+    x = first.call_projected(cand + ctx)                  # [N, views * view_dim]
+    for layer in self.ssr_layers[1:]:
+      y = layer(x, training=False)
+      x = y + x if self.residual and y.shape[-1] == x.shape[-1] else y
+    return x if self.tower is None else self.tower(x, training=False)
 
   def flops_per_example(self, num_fields: int, embedding_dim: int) -> int:
     d, total = num_fields * embedding_dim, 0
