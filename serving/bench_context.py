@@ -6,14 +6,15 @@ Builds the config's model over a feature spec whose context features are marked
 
 * model: the export's session (as ``ssr_tf serve`` runs it, one intra-op thread),
   ``serving_default`` on N merged examples vs ``context_candidates`` on one context and N
-  candidates;
+  candidates, and (unless --no_broadcast) ``context_broadcast``: the context signature of
+  the same model exported without the backbone's first-layer split (ssr_tf/context.py);
 * end to end: gRPC Predict through ``ssr_tf serve`` on loopback, the flat request vs the
   context one (and Classify with ExampleListWithContext, which the server routes to the
   context signature), one request at a time.
 
 Requests alternate between the two ways in blocks, so drift in the machine's load hits
-both. Prints JSON: per way p50 / p90 / mean ms, ratio = flat p50 / context p50, and the
-request bytes.
+both. Prints JSON: per way p50 / p90 / mean ms, ratio = flat p50 / context p50 (model:
+ratio_p50_broadcast = context_broadcast p50 / context p50), and the request bytes.
 
   ssr_tf bench context --config configs/demo_ssr_d.yaml --candidates 128
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -87,10 +89,12 @@ def make_request(records: list[bytes], names: list[str], n: int
 
 
 def build_export(config: str, data_dir: str, names: list[str], out: str,
-                 checkpoint: str = "") -> tuple[str, list[bytes], dict]:
+                 checkpoint: str = "", broadcast_out: str = ""
+                 ) -> tuple[str, list[bytes], dict, str]:
   """Exports the config's model (weights from `checkpoint`, else as initialised) over
-  `data_dir`'s spec with `names` marked context; returns (version dir, test records,
-  spec summary)."""
+  `data_dir`'s spec with `names` marked context; with `broadcast_out`, the same model
+  again there with a context signature that does not split the backbone's first layer.
+  Returns (version dir, test records, spec summary, broadcast version dir or "")."""
   import glob
   import tensorflow as tf
   from ssr_tf import task
@@ -113,16 +117,29 @@ def build_export(config: str, data_dir: str, names: list[str], out: str,
     raise UserError(f"--data {data_dir}: no test/* shards")
   records = [bytes(r) for r in tf.data.TFRecordDataset(files).take(512).as_numpy_iterator()]
   path = export_saved_model(model, spec, out, warmup=records, batches=(1, 32, 128))
+  broadcast = ""
+  if broadcast_out:
+    from ssr_tf import context as context_lib
+    score = context_lib.score_context_candidates
+    context_lib.score_context_candidates = functools.partial(score, split=False)
+    try:
+      broadcast = export_saved_model(model, spec, broadcast_out, warmup=records,
+                                     batches=(1, 32, 128))
+    finally:
+      context_lib.score_context_candidates = score
   summary = {"features": len(spec.features), "context_features": [f.name for f in spec.features
                                                                    if f.context],
              "model": cfg.model.name, "embedding_dim": cfg.model.embedding_dim,
-             "backbone": cfg.model.backbone, "weights": checkpoint or "initialised (untrained)"}
-  return path, records, summary
+             "backbone": cfg.model.backbone, "weights": checkpoint or "initialised (untrained)",
+             "splits_first_layer": bool(getattr(model.backbone, "splits_first_layer", False))}
+  return path, records, summary, broadcast
 
 
 def model_times(path: str, ctx: bytes, cands: list[bytes], flat: list[bytes],
-                requests: int) -> dict:
-  """In-process session time of the two signatures (the server's engine)."""
+                requests: int, broadcast: str = "") -> dict:
+  """In-process session time of the two signatures (the server's engine); with
+  `broadcast` (an export whose context signature does not split the first layer), its
+  context signature as a third way, ``context_broadcast``."""
   from ssr_tf.serving.servable import Servable
   s = Servable("bench", 1, path, intra_op_threads=1, inter_op_threads=1)
   sd, sc = s.signatures["serving_default"], s.signatures[examples_lib.CONTEXT_SIGNATURE]
@@ -131,9 +148,21 @@ def model_times(path: str, ctx: bytes, cands: list[bytes], flat: list[bytes],
   ctx_feeds = {examples_lib.CONTEXT_INPUT: arr([ctx]), examples_lib.CANDIDATES_INPUT: arr(cands)}
   a, b = s.run(sd, flat_feeds), s.run(sc, ctx_feeds)
   diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
-  out = time_pair({"flat": lambda: s.run(sd, flat_feeds),
-                   "context": lambda: s.run(sc, ctx_feeds)}, requests)
+  fns = {"flat": lambda: s.run(sd, flat_feeds), "context": lambda: s.run(sc, ctx_feeds)}
+  sb = None
+  if broadcast:
+    sb = Servable("bench_broadcast", 1, broadcast, intra_op_threads=1, inter_op_threads=1)
+    scb = sb.signatures[examples_lib.CONTEXT_SIGNATURE]
+    c = sb.run(scb, ctx_feeds)
+    broadcast_diff = max(float(np.abs(a[k] - c[k]).max()) for k in a)
+    fns["context_broadcast"] = lambda: sb.run(scb, ctx_feeds)
+  out = time_pair(fns, requests)
   out["max_abs_score_diff"] = diff
+  if sb is not None:
+    out["max_abs_score_diff_broadcast"] = broadcast_diff
+    out["ratio_p50_broadcast"] = round(out["context_broadcast"]["p50_ms"] /
+                                       out["context"]["p50_ms"], 3)
+    sb.close()
   s.close()
   return out
 
@@ -199,6 +228,9 @@ def main(argv: list[str], prog: str = "ssr_tf bench context") -> int:
   p.add_argument("--candidates", type=int, default=128)
   p.add_argument("--requests", type=int, default=400, help="timed requests per way")
   p.add_argument("--skip_server", action="store_true", help="model time only")
+  p.add_argument("--no_broadcast", action="store_true",
+                 help="model time: leave out the third way, the same model's context "
+                      "signature without the first-layer split (context_broadcast)")
   args = p.parse_args(argv)
   names = [n.strip() for n in args.context.split(",") if n.strip()]
   with tempfile.TemporaryDirectory(prefix="ssr_bench_context_") as tmp:
@@ -209,14 +241,16 @@ def main(argv: list[str], prog: str = "ssr_tf bench context") -> int:
       synth.write(synth.SynthConfig(rows=4000, seed=0, shards=1,
                                     history_len=args.history_len), data)
     base = os.path.join(tmp, "export")
-    path, records, summary = build_export(args.config, data, names, base, args.checkpoint)
+    path, records, summary, broadcast = build_export(
+        args.config, data, names, base, args.checkpoint,
+        "" if args.no_broadcast else os.path.join(tmp, "export_broadcast"))
     ctx, cands, flat = make_request(records, names, args.candidates)
     result = {"bench": "context", "date": datetime.datetime.now(datetime.timezone.utc)
               .strftime("%Y-%m-%d %H:%M UTC"), "commit": _commit(),
               "host": f"{platform.node()} ({os.cpu_count()} cores)", "command": " ".join(
                   ["ssr_tf bench context"] + argv), "candidates": args.candidates,
               "spec": {**summary, "history_len": None if args.data else args.history_len}}
-    m = model_times(path, ctx, cands, flat, args.requests)
+    m = model_times(path, ctx, cands, flat, args.requests, broadcast)
     m["ratio_p50"] = round(m["flat"]["p50_ms"] / m["context"]["p50_ms"], 3)
     result["model"] = m
     if not args.skip_server:

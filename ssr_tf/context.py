@@ -79,11 +79,14 @@ def _set_anywhere(parsed: dict, names: list[str]) -> tf.Tensor:
 
 
 def score_context_candidates(model, spec: FeatureSpec, context: tf.Tensor,
-                             candidates: tf.Tensor) -> dict:
+                             candidates: tf.Tensor, split: bool = True) -> dict:
   """{click_prob, pay_prob}: float32 ``[N]`` for one context and N candidates.
 
   The context features come from the batch-1 context (embedded once, broadcast), or,
-  when some candidate sets one of them (merge rule), from the N merged examples.
+  when some candidate sets one of them (merge rule), from the N merged examples. With
+  `split` and a backbone that ``splits_first_layer``, its first layer takes the context
+  fields' term once per context row (x W = x_ctx W_ctx + x_cand W_cand); else the
+  backbone runs on the broadcast fields.
   """
   ctx_names = context_names(spec)
   ctx_set = set(ctx_names)
@@ -117,7 +120,7 @@ def score_context_candidates(model, spec: FeatureSpec, context: tf.Tensor,
   cand_features = _model_inputs(parsed_cand, spec, set(cand_names))
   fields = model.embedding.context_fields(ctx_features, cand_features, n)
   index = shared_field_index(spec)
-  if not (index and getattr(model.backbone, "splits_first_layer", False)):
+  if not (split and index and getattr(model.backbone, "splits_first_layer", False)):
     return probabilities_from_fields(model, fields)
   # the context fields' rows: 1 (shared) or N (merged); their first-layer term once per row
   rows = tf.shape(ctx_features[spec.features[index[0]].name])[0]
