@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import json
 import os
 import platform
@@ -88,6 +87,21 @@ def make_request(records: list[bytes], names: list[str], n: int
   return ctx, cands, flat
 
 
+def _broadcast_module_cls():
+  """ServingModule whose context signature runs the backbone on the broadcast fields."""
+  import tensorflow as tf
+  from ssr_tf import context as context_lib
+  from ssr_tf.export import ServingModule
+
+  class BroadcastModule(ServingModule):
+
+    def serve_context(self, context, candidates):
+      out = context_lib.score_context_candidates(self.model, self._spec, context, candidates,
+                                                 split=False)
+      return {k: tf.identity(v, name=k) for k, v in out.items()}
+  return BroadcastModule
+
+
 def build_export(config: str, data_dir: str, names: list[str], out: str,
                  checkpoint: str = "", broadcast_out: str = ""
                  ) -> tuple[str, list[bytes], dict, str]:
@@ -119,14 +133,14 @@ def build_export(config: str, data_dir: str, names: list[str], out: str,
   path = export_saved_model(model, spec, out, warmup=records, batches=(1, 32, 128))
   broadcast = ""
   if broadcast_out:
-    from ssr_tf import context as context_lib
-    score = context_lib.score_context_candidates
-    context_lib.score_context_candidates = functools.partial(score, split=False)
+    from ssr_tf import export as export_lib
+    module_cls = export_lib.ServingModule
+    export_lib.ServingModule = _broadcast_module_cls()
     try:
       broadcast = export_saved_model(model, spec, broadcast_out, warmup=records,
                                      batches=(1, 32, 128))
     finally:
-      context_lib.score_context_candidates = score
+      export_lib.ServingModule = module_cls
   summary = {"features": len(spec.features), "context_features": [f.name for f in spec.features
                                                                    if f.context],
              "model": cfg.model.name, "embedding_dim": cfg.model.embedding_dim,
