@@ -66,7 +66,8 @@ def test_spec_variant_drops_history_or_sets_pooling():
 
 def test_probe_and_history_suites_treat_every_family_alike():
   for fam in ("dnn", "dcnv2", "ssr_d"):
-    assert {f"{fam}/lr3e-3", f"{fam}/drop0.2", f"{fam}/cos3e-3"} <= set(quality.PROBE)
+    assert {f"{fam}/{t}" for t in ("lr3e-3", "drop0.2", "cos3e-3", "cos3e-3+drop0.2")} <= set(
+        quality.PROBE)
     assert {f"{fam}/none", f"{fam}/mean", f"{fam}/attention"} <= set(quality.HISTORY)
   assert all(e["features"] == {"drop": ["hist_*"]} for e in quality.PROBE.values())
 

@@ -433,6 +433,8 @@ def _probe() -> dict:
     g[f"{name}/lr3e-3"] = _with(base, protocol={"learning_rate": 3e-3})
     g[f"{name}/drop0.2"] = _regularised(base, 0.2)
     g[f"{name}/cos3e-3"] = _with(base, protocol={"learning_rate": 3e-3, "lr_decay": "cosine"})
+    g[f"{name}/cos3e-3+drop0.2"] = _with(_regularised(base, 0.2),
+                                         protocol={"learning_rate": 3e-3, "lr_decay": "cosine"})
   g.update({
       "ssr_d/tower128": _variant(SSR_D, tower_units=[128]),
       "ssr_d/ln_plain": _variant(SSR_D, layer_norm="view_plain"),
