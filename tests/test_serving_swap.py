@@ -43,7 +43,8 @@ def test_swap_under_load_loses_no_request(tmp_path):
   build_toy_model(base, 1, seed=0)
   staging = str(tmp_path / "staging")
   staged = [build_toy_model(staging, 2 + i, seed=1 + i) for i in range(2)]
-  requests = bench._requests(toy_examples(64, seed=5), 32, "ssr")  # pylint: disable=protected-access
+  pool = toy_examples(64, seed=5)
+  requests = bench._requests(pool, 32, "ssr")  # pylint: disable=protected-access
 
   def publish(i: int) -> int:
     version = 2 + i
