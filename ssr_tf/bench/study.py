@@ -81,13 +81,19 @@ def best_trial(runs: dict[str, dict[int, dict]], trials: list[str]) -> str | Non
   return max(have, key=lambda t: np.mean([r["valid_click_auc"] for r in runs[t].values()]))
 
 
-def table(data: dict[str, dict], against: list[str]) -> list[str]:
+METRICS = {"auc": ("AUC", "click_auc"), "gauc": ("GAUC", "click_gauc"),
+           "logloss": ("LogLoss", "click_logloss")}
+
+
+def table(data: dict[str, dict], against: list[str], extra: tuple[str, ...] = ()) -> list[str]:
+  """Rows: settings; columns: test AUC per data set (then `extra` metrics), gaps."""
   labels = list(data)
   names: list[str] = []
   for runs in data.values():
     names += [n for n in runs if n not in names]
   head = ["setting"] + [f"AUC {l}" for l in labels]
-  head += [f"− {a} ({l}) ×10⁻² [95% CI]" for a in against for l in labels]
+  head += [f"{METRICS[m][0]} {l}" for m in extra for l in labels]
+  head += [f"ΔAUC vs {a} ({l}) ×10⁻² [95% CI]" for a in against for l in labels]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name in names:
     cells = [name]
@@ -98,6 +104,15 @@ def table(data: dict[str, dict], against: list[str]) -> list[str]:
         cells.append(f"{m:.4f} ± {sd:.4f} (n={len(rs)})")
       else:
         cells.append("-")
+    for m in extra:
+      for l in labels:
+        rs = data[l].get(name)
+        vals = [r["test"].get(METRICS[m][1]) for r in rs.values()] if rs else []
+        if vals and None not in vals:
+          mean, sd = mean_sd(vals)
+          cells.append(f"{mean:.4f} ± {sd:.4f}")
+        else:
+          cells.append("-")
     for a in against:
       for l in labels:
         rs, ref = data[l].get(name), data[l].get(a)
@@ -151,13 +166,19 @@ def main(argv: list[str], prog: str = "ssr_tf bench study") -> int:
   p.add_argument("--against", default="dnn,dcnv2", help="reference settings for the gaps")
   p.add_argument("--family", action="append", default=[], metavar="NAME=T1,T2,...",
                  help="trials of one model family for the same-budget selection")
-  p.add_argument("--output", default=None, help="folder for <suite>_study.md/.json")
+  p.add_argument("--metrics", default="", help="more test metrics per data set: gauc, "
+                 "logloss (comma-separated)")
+  p.add_argument("--output", default=None, help="folder for <suite>_study.md")
   args = p.parse_args(argv)
   data = {label: load_runs(pathlib.Path(d), args.suite)
           for label, d in _pairs(args.runs, "--runs").items()}
   against = [a for a in args.against.split(",") if a]
   families = {k: v.split(",") for k, v in _pairs(args.family, "--family").items()}
-  lines = [f"### `{args.suite}` across data sets", ""] + table(data, against)
+  extra = tuple(m for m in args.metrics.split(",") if m)
+  unknown = [m for m in extra if m not in METRICS]
+  if unknown:
+    raise UserError(f"--metrics: {unknown} not in {sorted(METRICS)}")
+  lines = [f"### `{args.suite}` across data sets", ""] + table(data, against, extra)
   if families:
     lines += ["", "Same trial budget per family, picked on validation AUC:", ""]
     lines += selection(data, families)
