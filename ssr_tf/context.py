@@ -4,11 +4,14 @@ An online ranking request is one context (the user and the request: the spec's f
 with ``context: true``) and N candidates. The ``context_candidates`` signature of an export
 takes the context as one serialized tf.Example (``context``, DT_STRING ``[]`` or ``[1]``)
 and the candidates as N (``candidates``, DT_STRING ``[N]``). It parses and embeds the
-context features from the batch-1 context, broadcasts their field embeddings to the N
-candidates and runs the backbone on ``[N, F, dim]``:
+context features from the batch-1 context and scores
 
   x_i = [e_f(context) for context f ; e_g(candidate_i) for candidate g]  (spec order),
   p(x_i) = model(x_i) = serving_default(merge(context, candidate_i))
+
+A backbone with ``splits_first_layer`` (DNN, SSR-D) takes the context and candidate fields
+apart: x_i W = x_ctx W_ctx + x_cand,i W_cand, the context term once per request; the
+others run on ``[N, F, dim]`` with the context fields broadcast to the N candidates.
 
 Merge rule (TF Serving's for ExampleListWithContext): a feature set on a candidate wins
 over the context's value. When some candidate sets a context feature, the context features
@@ -120,7 +123,8 @@ def score_context_candidates(model, spec: FeatureSpec, context: tf.Tensor,
   cand_features = _model_inputs(parsed_cand, spec, set(cand_names))
   fields = model.embedding.context_fields(ctx_features, cand_features, n)
   index = shared_field_index(spec)
-  if not (split and index and getattr(model.backbone, "splits_first_layer", False)):
+  if not (split and index and model.backbone.built       # built: the weights to split exist
+          and getattr(model.backbone, "splits_first_layer", False)):
     return probabilities_from_fields(model, fields)
   # the context fields' rows: 1 (shared) or N (merged); their first-layer term once per row
   rows = tf.shape(ctx_features[spec.features[index[0]].name])[0]
