@@ -175,8 +175,9 @@ import tensorflow as tf
 m = tf.saved_model.load(sys.argv[1])
 req = json.loads(open(sys.argv[2]).read())
 dec = bytes.fromhex
+cands = tf.constant([dec(c) for c in req["candidates"]])
 ctx = m.signatures["context_candidates"](context=tf.constant(dec(req["context"])),
-                                         candidates=tf.constant([dec(c) for c in req["candidates"]]))
+                                         candidates=cands)
 flat = m.signatures["serving_default"](examples=tf.constant([dec(c) for c in req["flat"]]))
 assert "ssr_tf" not in sys.modules
 print(json.dumps({w: {k: v.numpy().tolist() for k, v in out.items()}
@@ -190,7 +191,7 @@ def test_split_export_core_ops_and_fresh_process(synth_dir, records, tmp_path, c
   name, backbone, _ = BACKBONES[case]
   spec = _spec(synth_dir)
   model = _model(spec, name, backbone)
-  model({k: v for k, v in _features(spec, records[:2]).items()}, training=False)
+  model(_features(spec, records[:2]), training=False)
   path = export_saved_model(model, spec, str(tmp_path / "export"))
   sm = saved_model_pb2.SavedModel()
   with open(os.path.join(path, "saved_model.pb"), "rb") as f:
