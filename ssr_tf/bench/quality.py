@@ -248,6 +248,7 @@ def run_one(splits: Splits, entry: dict, protocol: Protocol, seed: int,
   proto = dataclasses.replace(protocol, **entry.get("protocol", {}))
   model_dir = pathlib.Path(save_dir or tempfile.mkdtemp(prefix="ssr_tf_quality_"))
   spec_path = model_dir.parent / f"{model_dir.name}.spec.yaml"
+  spec_path.parent.mkdir(parents=True, exist_ok=True)
   cfg = experiment(splits, entry, protocol, seed, model_dir,
                    ics_log_every if save_dir is not None else 0, spec_path)
   progress = _Progress(proto.evals_per_epoch, log)
