@@ -444,6 +444,8 @@ def _probe() -> dict:
       "ssr_d/b16_dv16": _variant(SSR_D, num_views=16, view_dim=16, expanded_dim=32),
       "ssr_d/L1_b16": _variant(SSR_D, num_layers=1, num_views=16),
       "ssr_s": SSR_S,
+      "ssr_s/cos3e-3+drop0.2": _with(_regularised(SSR_S, 0.2),
+                                     protocol={"learning_rate": 3e-3, "lr_decay": "cosine"}),
   })
   return {k: _with(v, **NO_HISTORY) for k, v in g.items()}
 
