@@ -89,5 +89,19 @@ def test_ics_start_reports_zeros_dead_views_and_scale_invariance(tmp_path, synth
 def test_real_suite_converts_movielens_once_and_names_a_missing_folder(tmp_path):
   with pytest.raises(UserError, match=r"--movielens .*: no ratings.csv"):
     quality.movielens_data(tmp_path / "nowhere", tmp_path / "out", "random")
-  assert set(quality.REAL) >= {"dnn", "dcnv2", "ssr_d", "ssr_d_paper", "ssr_s"}
-  assert quality.REAL["ssr_d"]["backbone"] == {}          # the shipped model.name: ssr defaults
+  assert set(quality.REAL) >= {"dnn", "dcnv2", "ssr_d", "ssr_s", "ssr_d/cos3e-3+drop0.2"}
+  assert all(e is quality.PROBE[k] for k, e in quality.REAL.items())   # runs are shared
+
+
+@pytest.mark.parametrize("name", ["ssr_d", "ssr_s"])
+def test_shipped_ssr_configs_are_the_measured_recipe(name):
+  """configs/ssr_{d,s}.yaml train exactly what the real suite's recipe rows measured."""
+  import pathlib
+  from ssr_tf.config import load_config
+  cfg = load_config(str(pathlib.Path(__file__).parents[1] / "configs" / f"{name}.yaml"))
+  entry = quality.REAL[f"{name}/{quality.RECIPE}"]
+  assert {k: v for k, v in cfg.model.backbone.items() if k != "impl"} == entry["backbone"]
+  assert (cfg.train.learning_rate, cfg.train.lr_decay) == (
+      entry["protocol"]["learning_rate"], entry["protocol"]["lr_decay"])
+  assert cfg.model.embedding_dim == quality.Protocol.embedding_dim
+  assert cfg.data.batch_size == quality.Protocol.batch_size
