@@ -34,24 +34,25 @@ def ssr_layers(model: tf.keras.Model) -> list[SSRLayer]:
   return [m for m in model.submodules if isinstance(m, SSRLayer)]
 
 
-def filtered_views(model: tf.keras.Model, features: dict) -> list[tf.Tensor]:
-  """Each SSR layer's filter output h ``[batch, views, filtered_dim]`` for `features`.
+def filter_stage(model: tf.keras.Model, features: dict) -> list[tuple[tf.Tensor, tf.Tensor]]:
+  """Each SSR layer's input x ``[batch, d_in]`` and filter output h ``[batch, views,
+  filtered_dim]`` for `features`.
 
   Runs the model eagerly once (inference mode) while each layer's ``filter_views`` is
-  wrapped to record its result, so residual wiring and memories in between are exactly
-  what the model computes. Returns [] for models without SSR layers.
+  wrapped to record its argument and result, so residual wiring and memories in between
+  are exactly what the model computes. Returns [] for models without SSR layers.
   """
   layers = ssr_layers(model)
   if not layers:
     return []
-  recorded: dict[int, tf.Tensor] = {}
+  recorded: dict[int, tuple[tf.Tensor, tf.Tensor]] = {}
 
   def recorder(i: int, layer: SSRLayer):
     original = type(layer).filter_views.__get__(layer)
 
     def wrapped(x, training=None):
       h = original(x, training=training)
-      recorded[i] = h
+      recorded[i] = (x, h)
       return h
     return wrapped
 
@@ -63,6 +64,11 @@ def filtered_views(model: tf.keras.Model, features: dict) -> list[tf.Tensor]:
     for layer in layers:
       object.__delattr__(layer, "filter_views")
   return [recorded[i] for i in sorted(recorded)]
+
+
+def filtered_views(model: tf.keras.Model, features: dict) -> list[tf.Tensor]:
+  """Each SSR layer's filter output h ``[batch, views, filtered_dim]`` (filter_stage)."""
+  return [h for _, h in filter_stage(model, features)]
 
 
 def sparsity_stats(views: list[tf.Tensor]) -> list[dict[str, float]]:

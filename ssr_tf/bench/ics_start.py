@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from ssr_tf import data as data_lib
 from ssr_tf import optimizers, task
-from ssr_tf.callbacks import filtered_views, ssr_layers
+from ssr_tf.callbacks import filter_stage, filtered_views, ssr_layers
 from ssr_tf.config import load_config
 from ssr_tf.errors import UserError
 
@@ -47,34 +47,9 @@ def relu_zeros(layer, x: tf.Tensor) -> float:
   return round(float(tf.reduce_mean(tf.cast(z <= 0.0, tf.float32))), 4)
 
 
-def layer_inputs(model, features: dict) -> list[tf.Tensor]:
-  """The input x of each SSR layer for `features` (recorded during one inference pass)."""
-  seen: dict[int, tf.Tensor] = {}
-  layers = ssr_layers(model)
-
-  def recorder(i, layer):
-    original = type(layer).filter_views.__get__(layer)
-
-    def wrapped(x, training=None):
-      seen[i] = x
-      return original(x, training=training)
-    return wrapped
-
-  for i, layer in enumerate(layers):
-    object.__setattr__(layer, "filter_views", recorder(i, layer))
-  try:
-    model(features, training=False)
-  finally:
-    for layer in layers:
-      object.__delattr__(layer, "filter_views")
-  return [seen[i] for i in sorted(seen)]
-
-
 def snapshot(model, features: dict) -> list[dict]:
-  views = filtered_views(model, features)
-  inputs = layer_inputs(model, features)
   out = []
-  for layer, h, x in zip(ssr_layers(model), views, inputs):
+  for layer, (x, h) in zip(ssr_layers(model), filter_stage(model, features)):
     row = view_stats(h)
     if layer.mode == "dynamic":
       row["relu_zeros"] = relu_zeros(layer, x)
