@@ -31,6 +31,8 @@ BACKBONES = {  # name: (model.name, backbone settings, splits the first layer)
     "ssr_dynamic": ("ssr", SSR_D, True),
     "ssr_dynamic_tower": ("ssr", {**SSR_D, "filter": "none", "tower_units": [8]}, True),
     "ssr_static": ("ssr", SSR_S, False),
+    "ssr_msn": ("ssr_msn", {**SSR_D, "memories": [{"num_sub_keys": 8, "key_dim": 8, "top_k": 4,
+                                                   "value_dim": 8, "after_layer": 0}]}, False),
     "dcnv2": ("dcnv2", {"num_cross_layers": 2, "hidden_units": [16]}, False),
 }
 

@@ -191,3 +191,14 @@ def test_bench_memory_prints_scaling_json(capsys):
   assert ratio["slots"] == 4.0 and ratio["flops_per_example"] > 1.0
   grow = sizes[1]["memory_flops_per_example"]["scoring"] - sizes[0]["memory_flops_per_example"]["scoring"]
   assert sizes[1]["backbone_flops_per_example"] - sizes[0]["backbone_flops_per_example"] == grow
+
+
+def test_dropout_and_tower_apply_as_in_ssr():
+  mem = {**SMALL_MEMORY, "after_layer": 0}
+  cfg = ModelConfig(name="ssr_msn", embedding_dim=4,
+                    backbone={**SSR, "memories": [mem], "dropout": 0.5, "tower_units": [6]})
+  bb = registry.build_backbone(cfg, num_fields=5)
+  x = tf.random.normal([8, 5, 4])
+  assert bb(x, training=False).shape == (8, 6)
+  np.testing.assert_array_equal(bb(x, training=False), bb(x, training=False))
+  assert not np.array_equal(bb(x, training=True), bb(x, training=False))

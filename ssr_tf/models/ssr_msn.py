@@ -114,6 +114,12 @@ class MSNBackbone(SSRBackbone):
       self.gates.append(MemoryGate(m.gate, name=f"memory_gate_{j}"))
 
   @property
+  def splits_first_layer(self) -> bool:
+    """False: a memory reads the whole input or a layer's output, so the first layer's
+    projection alone is not the backbone's context term."""
+    return False
+
+  @property
   def memory_cfgs(self) -> list[MemoryConfig]:
     return self.cfg.memories
 
@@ -131,7 +137,9 @@ class MSNBackbone(SSRBackbone):
       y = layer(x, training=training)                         # [batch, views * view_dim]
       x = y + x if self.residual and y.shape[-1] == x.shape[-1] else y
       x = self._apply_memories(l, x, x0, training)
-    return x
+      if self.dropout is not None:
+        x = self.dropout(x, training=training)
+    return x if self.tower is None else self.tower(x, training=training)
 
   def memory_usage(self) -> dict:
     """{memory name: ProductKeyMemory.usage()} for the memories that track usage."""
