@@ -103,3 +103,24 @@ def grpc_predict(target: str, records: list[bytes], model: str = "ssr"):
     return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(req, timeout=60)
   finally:
     channel.close()
+
+
+def saved_model_ops(export_dir: str) -> set[str]:
+  """Op types in an export's graphs and functions (calls of library functions excluded)."""
+  from tensorflow.core.protobuf import saved_model_pb2
+  sm = saved_model_pb2.SavedModel()
+  with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+    sm.ParseFromString(f.read())
+  ops = set()
+  for mg in sm.meta_graphs:
+    ops.update(n.op for n in mg.graph_def.node)
+    for fn in mg.graph_def.library.function:
+      ops.update(n.op for n in fn.node_def)
+    ops -= {fn.signature.name for fn in mg.graph_def.library.function}
+  return ops
+
+
+def custom_ops(export_dir: str) -> list[str]:
+  """The export's op types that stock TensorFlow (hence TF Serving) lacks."""
+  import tensorflow as tf
+  return sorted(op for op in saved_model_ops(export_dir) if not hasattr(tf.raw_ops, op))

@@ -13,10 +13,11 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
 
 from ssr_tf import context as context_lib
 from ssr_tf.serving import examples as examples_lib
+
+from conftest import custom_ops
 
 # about half of the synthetic fields (conftest's spec: 11 + 3 noise fields): user, request
 # and two noise fields; history_categories is multi-valued
@@ -195,16 +196,7 @@ def test_split_export_core_ops_and_fresh_process(synth_dir, records, tmp_path, c
   model = _model(spec, name, backbone)
   model(_features(spec, records[:2]), training=False)
   path = export_saved_model(model, spec, str(tmp_path / "export"))
-  sm = saved_model_pb2.SavedModel()
-  with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-    sm.ParseFromString(f.read())
-  ops = set()
-  for mg in sm.meta_graphs:
-    ops.update(n.op for n in mg.graph_def.node)
-    for fn in mg.graph_def.library.function:
-      ops.update(n.op for n in fn.node_def)
-    ops -= {fn.signature.name for fn in mg.graph_def.library.function}
-  assert not sorted(op for op in ops if not hasattr(tf.raw_ops, op))
+  assert not custom_ops(path)
   ctx, cands = _request(records[:30])
   req = tmp_path / "request.json"
   req.write_text(json.dumps({"context": ctx.hex(), "candidates": [c.hex() for c in cands],

@@ -18,6 +18,8 @@ from ssr_tf.layers.embedding import FeatureEmbedding, raw_input_signature
 from ssr_tf.layers.sequence import TargetAttention
 from ssr_tf.models.ranker import build_model, dummy_batch
 
+from conftest import custom_ops
+
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance"]
 MOVIES, L, K = 30, 6, 3
 
@@ -292,20 +294,6 @@ for path, shard, raw in zip(*[iter(sys.argv[1:])] * 3):
 assert "ssr_tf" not in sys.modules
 print(json.dumps(out))
 """
-
-
-def custom_ops(export_dir: str) -> list[str]:
-  from tensorflow.core.protobuf import saved_model_pb2
-  sm = saved_model_pb2.SavedModel()
-  with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
-    sm.ParseFromString(f.read())
-  ops = set()
-  for mg in sm.meta_graphs:
-    ops.update(n.op for n in mg.graph_def.node)
-    for fn in mg.graph_def.library.function:
-      ops.update(n.op for n in fn.node_def)
-    ops -= {fn.signature.name for fn in mg.graph_def.library.function}
-  return sorted(op for op in ops if not hasattr(tf.raw_ops, op))
 
 
 def test_train_export_reload_with_history(tmp_path, capsys):

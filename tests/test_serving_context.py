@@ -13,7 +13,6 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (classification_pb2, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
@@ -21,6 +20,8 @@ from ssr_tf import context as context_lib
 from ssr_tf.serving import client as client_lib
 from ssr_tf.serving import examples as examples_lib
 from ssr_tf.serving.process import ServerProcess
+
+from conftest import custom_ops
 
 CONTEXT = ("scene", "user_id", "hour", "device", "query", "history_categories")
 MAX_ROWS = 50
@@ -139,16 +140,7 @@ def test_all_context_features_refused(synth_dir):
 
 
 def test_only_core_ops(export):
-  sm = saved_model_pb2.SavedModel()
-  with open(os.path.join(export[0], "saved_model.pb"), "rb") as f:
-    sm.ParseFromString(f.read())
-  ops = set()
-  for mg in sm.meta_graphs:
-    ops.update(n.op for n in mg.graph_def.node)
-    for fn in mg.graph_def.library.function:
-      ops.update(n.op for n in fn.node_def)
-    ops -= {fn.signature.name for fn in mg.graph_def.library.function}
-  assert not sorted(op for op in ops if not hasattr(tf.raw_ops, op))
+  assert not custom_ops(export[0])
 
 
 # Loads the export in a fresh interpreter that never imports ssr_tf (as TF Serving would).

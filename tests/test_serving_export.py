@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from conftest import grpc_predict
+from conftest import custom_ops, grpc_predict, saved_model_ops
 from ssr_tf import cli
 from ssr_tf.config import load_config
 from ssr_tf.serving import client as client_lib
@@ -23,20 +22,6 @@ from ssr_tf.serving.servable import WARMUP_FILE
 pytestmark = pytest.mark.slow
 
 
-def _op_types(path: str) -> set[str]:
-  sm = saved_model_pb2.SavedModel()
-  with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-    sm.ParseFromString(f.read())
-  ops = set()
-  for mg in sm.meta_graphs:
-    ops.update(n.op for n in mg.graph_def.node)
-    for fn in mg.graph_def.library.function:
-      ops.update(n.op for n in fn.node_def)
-    fn_names = {fn.signature.name for fn in mg.graph_def.library.function}
-    ops -= fn_names                       # calls of library functions are not ops
-  return ops
-
-
 def test_real_export_served_end_to_end(tmp_path, make_config, capsys):
   cfg_path = make_config()
   assert cli.main(["train", "--config", str(cfg_path)]) == 0
@@ -44,7 +29,7 @@ def test_real_export_served_end_to_end(tmp_path, make_config, capsys):
   assert cli.main(["export", "--config", str(cfg_path), "--output", base]) == 0
   export_dir = os.path.join(base, "1")
   assert os.path.isfile(os.path.join(export_dir, "saved_model.pb"))
-  custom = sorted(op for op in _op_types(export_dir) if not hasattr(tf.raw_ops, op))
+  custom = custom_ops(export_dir)
   assert not custom, f"default export uses ops stock TF Serving lacks: {custom}"
 
   cfg = load_config(str(cfg_path))
@@ -102,7 +87,7 @@ def test_fused_export_loads_in_our_server_engine(tmp_path, make_config):
   for name, flags in (("plain", []), ("fused", ["--fused"])):
     assert cli.main(["export", "--config", str(cfg_path), "--output",
                      str(tmp_path / name)] + flags) == 0
-  assert {"SsrIcs", "SsrBlockFusion"} & _op_types(str(tmp_path / "fused" / "1"))
+  assert {"SsrIcs", "SsrBlockFusion"} & saved_model_ops(str(tmp_path / "fused" / "1"))
   cfg = load_config(str(cfg_path))
   shard = sorted(glob.glob(cfg.data.test))[0]
   records = np.array([r.numpy() for r in tf.data.TFRecordDataset(shard).take(64)], dtype=object)
