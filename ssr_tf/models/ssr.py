@@ -43,9 +43,9 @@ class SSRBackboneConfig:
       block normalised with one mean and variance, then scale and offset; the statistics
       come from the batch at serving too, so a score depends on its batch mates).
     dropout: dropout rate on each SSR layer's output (training only). configs/ssr_d.yaml
-      sets 0.2 (it raised SSR-D's test AUC on MovieLens and on synthetic data, 3 seeds
-      each; benchmarks/RESULTS_real.md); the default stays 0 because a resumed run with
-      dropout is not bit-identical to an uninterrupted one (docs/design.md).
+      sets 0.2 with a cosine-decayed rate; given the decay it helped on MovieLens but not on
+      synthetic data (benchmarks/RESULTS_real.md), so the default stays 0 (a resumed run
+      with dropout is also not bit-identical to an uninterrupted one, docs/design.md).
     tower_units: widths of an MLP (ReLU, like the DNN's hidden layers) between the last SSR
       layer and the task heads; empty: the heads read the SSR output directly.
     seed: seed of SSR-S index draws and of the per-view initialisers (layer l uses seed + l);
