@@ -238,8 +238,9 @@ def _validate(m: InteractionMapping, where: str, base: str) -> None:
   if h is not None:
     if h.length < 1:
       raise ConfigError(f"{where}: mapping history.length: must be >= 1, got {h.length}")
-    if h.pooling not in ("attention", "mean", "sum"):
-      raise ConfigError(f"{where}: mapping history.pooling: must be attention, mean or sum")
+    if h.pooling not in ("attention", "attention_softmax", "mean", "sum"):
+      raise ConfigError(f"{where}: mapping history.pooling: must be attention, "
+                        "attention_softmax, mean or sum")
     names = [f.name or f.column for f in (m.items.features if m.items else [])]
     for i, s in enumerate(h.side_features):
       if s not in names:

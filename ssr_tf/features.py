@@ -37,7 +37,7 @@ from ssr_tf.config import TASKS, from_dict, yaml_problem
 from ssr_tf.errors import ConfigError
 
 FEATURE_TYPES = ("categorical", "numeric", "multi_categorical", "sequence")
-POOLINGS = ("attention", "mean", "sum")
+POOLINGS = ("attention", "attention_softmax", "mean", "sum")
 DEFAULT_ATTENTION_UNITS = (80, 40)
 
 
@@ -81,10 +81,11 @@ class Feature:
     dynamic: raw ids (int64 or string) get rows as training sees them; see DynamicIds.
     share_with: sequence: the categorical or multi_categorical feature whose vocabulary and
       embedding table the history items use (required; dtype must match; no table of its own).
-    pooling: sequence: attention (DIN target attention), mean or sum over present items;
-      null: attention. Not on side_of members, which use their group's weights.
+    pooling: sequence: attention (DIN target attention, unnormalised weights),
+      attention_softmax (the same weights softmax-normalised over the present items), mean
+      or sum over present items; null: attention. Not on side_of members, which use their group's weights.
     attention_units: sequence: hidden sizes of the attention MLP (sigmoid activations, as
-      DIN); null: [80, 40]. Used by pooling attention only.
+      DIN); null: [80, 40]. Used by the attention poolings only.
     side_of: sequence: the main sequence whose items these values describe (e.g. each
       history item's genres); same max_len; pooled with the main sequence's weights.
     context: a request-level feature (user, request) that the context serving signature

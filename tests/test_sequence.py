@@ -175,6 +175,25 @@ def test_target_attention_matches_numpy():
   assert [v.name for v in layer.trainable_variables][0] == "att/hidden_0/kernel:0"
 
 
+def test_softmax_attention_normalises_over_present_items():
+  rng = np.random.default_rng(1)
+  h = rng.normal(size=(3, 5, 4)).astype(np.float32)
+  t = rng.normal(size=(3, 4)).astype(np.float32)
+  mask = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], bool)
+  layer = TargetAttention([6], softmax=True, name="att_softmax")
+  out = layer(tf.constant(h), tf.constant(t), mask=tf.constant(mask)).numpy()
+  w = layer.weights_of(tf.constant(h), tf.constant(t), tf.constant(mask)).numpy()
+  logits, _ = np_attention(layer, h, t, np.ones_like(mask, np.float32))
+  e = np.exp(logits - logits.max(axis=1, keepdims=True)) * mask
+  want = e / np.maximum(e.sum(axis=1, keepdims=True), 1e-30)
+  np.testing.assert_allclose(w, want, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(w[:2].sum(axis=1), 1.0, rtol=1e-6)
+  assert np.all(w[~mask] == 0.0)
+  np.testing.assert_allclose(out, np.einsum("bl,bld->bd", want, h), rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(out[2], 0.0)                    # empty history: zero vector
+  assert TargetAttention.from_config(layer.get_config()).softmax
+
+
 def embedding_inputs():
   """Two records: ids for movieId / genres / the history and its genres."""
   return {
@@ -204,15 +223,21 @@ def np_history(emb: FeatureEmbedding, inputs: dict):
   return e_m, e_g, (ids_m > 0).astype(np.float32), t_m, t_g, ids_m, ids_g
 
 
-def test_feature_embedding_attention_group_matches_numpy(tmp_path):
-  spec = load_spec(write_spec(tmp_path, with_changes(2, attention_units=[5])))
+@pytest.mark.parametrize("pooling", ["attention", "attention_softmax"])
+def test_feature_embedding_attention_group_matches_numpy(tmp_path, pooling):
+  spec = load_spec(write_spec(tmp_path, with_changes(2, attention_units=[5], pooling=pooling)))
   emb = FeatureEmbedding(spec, dim=4)
   inputs = embedding_inputs()
   out = emb(inputs).numpy()                                        # [B, 4 fields, 4]
   assert out.shape == (2, 4, 4)
   e_m, e_g, mask, t_m, t_g, _, _ = np_history(emb, inputs)
-  w, pooled = np_attention(emb.attention["hist_movieId"], np.concatenate([e_m, e_g], -1),
+  history = np.concatenate([e_m, e_g], -1)
+  w, pooled = np_attention(emb.attention["hist_movieId"], history,
                            np.concatenate([t_m, t_g], -1), mask)
+  if pooling == "attention_softmax":
+    e = np.exp(w - np.where(mask > 0, w, -np.inf).max(1, keepdims=True)) * mask
+    w = e / e.sum(1, keepdims=True)
+    pooled = np.einsum("bl,bld->bd", w, history)
   assert np.all(w[0, :2] != 0) and np.all(w[0, 2:] == 0)     # OOV id 99 (row 0) and padding
   np.testing.assert_allclose(out[:, 2], pooled[:, :4], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(out[:, 3], pooled[:, 4:], rtol=1e-5, atol=1e-6)

@@ -15,7 +15,8 @@ click AUC (the best checkpoint is scored); test and validation AUC / LogLoss are
             learning rate, embedding L2, ICS init), see docs/reproduction.md.
   probe     why SSR-D trails on real data: head, LayerNorm variant, dropout, ICS init,
             views/depth at equal FLOPs, each baseline with the same lr/dropout trials.
-  history   DNN, DCN-v2, SSR-D with no history, mean-pooled and target-attention history.
+  history   DNN, DCN-v2, SSR-D with no history, mean pooling, target attention and
+            softmax target attention.
   real      DNN, DCN-v2, SSR-D, SSR-S on real data, as the paper trains them and with the
             recipe of configs/ssr_d.yaml; without --data it converts MovieLens
             ml-latest-small (--movielens) with pipelines/mappings/ml_latest_small.yaml.
@@ -451,12 +452,14 @@ def _probe() -> dict:
 
 
 def _history() -> dict:
-  """Behaviour histories: no history, mean pooling and DIN target attention per model."""
+  """Behaviour histories: no history, mean pooling and DIN target attention (unnormalised
+  and softmax-normalised) per model."""
   g = {}
   for name, base in (("dnn", DNN), ("dcnv2", DCNV2), ("ssr_d", SSR_D)):
     g[f"{name}/none"] = _with(base, **NO_HISTORY)
     g[f"{name}/mean"] = _with(base, features={"pooling": "mean"})
     g[f"{name}/attention"] = _with(base, features={"pooling": "attention"})
+    g[f"{name}/attention_softmax"] = _with(base, features={"pooling": "attention_softmax"})
   return g
 
 

@@ -112,9 +112,10 @@ class FeatureEmbedding(tf.keras.layers.Layer):
                       for f in self.spec.features if f.dynamic is not None}
     self.attention = {g[0].name: TargetAttention(g[0].attention_units or
                                                  DEFAULT_ATTENTION_UNITS,
+                                                 softmax=g[0].pooling == "attention_softmax",
                                                  name=f"attention_{g[0].name}")
                       for g in self.spec.sequence_groups() if
-                      (g[0].pooling or "attention") == "attention"}
+                      (g[0].pooling or "attention").startswith("attention")}
     self._step_state = _StepState()
 
   def build(self, input_shape):

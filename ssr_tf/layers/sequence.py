@@ -2,7 +2,9 @@
 
 Each history item gets a scalar weight from a small MLP over the item and the candidate
 (the target); the weighted items are summed. As in DIN the weights are not normalised
-(no softmax), so the pooled vector keeps the intensity of the user's interest.
+by default (no softmax), so the pooled vector keeps the intensity of the user's interest;
+``softmax=True`` normalises them over the present items, so the pooled vector is a
+weighted mean whose scale does not grow with the history's length.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import tensorflow as tf
 
 @tf.keras.utils.register_keras_serializable(package="ssr_tf")
 class TargetAttention(tf.keras.layers.Layer):
-  """DIN's local activation unit: ``out = sum_l m_l * MLP([h_l, t, h_l - t, h_l * t]) * h_l``.
+  """DIN's local activation unit: ``out = sum_l m_l * MLP([h_l, t, h_l - t, h_l * t]) * h_l``
+  (``softmax``: the weights ``softmax_l(MLP(...))`` over the present positions instead).
 
   ``h_l`` is the embedding of history position l, ``t`` the target's, ``m_l`` 1 for a
   present item and 0 for padding (its weight is exactly 0). The MLP has ``units`` hidden
@@ -22,6 +25,8 @@ class TargetAttention(tf.keras.layers.Layer):
   Args:
     units: hidden layer sizes of the attention MLP.
     activation: activation of the hidden layers.
+    softmax: normalise the weights over the present items (a history with no present
+      item pools to 0).
 
   Call arguments:
     history: ``[batch, L, d]`` per-position embeddings.
@@ -31,10 +36,12 @@ class TargetAttention(tf.keras.layers.Layer):
   Returns ``[batch, d]``; :meth:`weights_of` gives the ``[batch, L]`` weights.
   """
 
-  def __init__(self, units: Sequence[int] = (80, 40), activation: str = "sigmoid", **kwargs):
+  def __init__(self, units: Sequence[int] = (80, 40), activation: str = "sigmoid",
+               softmax: bool = False, **kwargs):
     super().__init__(**kwargs)
     self.units = [int(u) for u in units]
     self.activation = activation
+    self.softmax = bool(softmax)
     self.hidden = [tf.keras.layers.Dense(u, activation=activation, name=f"hidden_{i}")
                    for i, u in enumerate(self.units)]
     self.score = tf.keras.layers.Dense(1, name="score")
@@ -56,9 +63,11 @@ class TargetAttention(tf.keras.layers.Layer):
     for layer in self.hidden:
       x = layer(x)                                                     # [batch, L, units]
     w = tf.squeeze(self.score(x), -1)                                  # [batch, L]
-    if mask is not None:
-      w = tf.where(tf.cast(mask, tf.bool), w, tf.zeros_like(w))
-    return w
+    present = (tf.ones_like(w, tf.bool) if mask is None else tf.cast(mask, tf.bool))
+    if self.softmax:
+      w = tf.where(present, w, tf.fill(tf.shape(w), tf.constant(w.dtype.min, w.dtype)))
+      w = tf.nn.softmax(w, axis=-1)
+    return tf.where(present, w, tf.zeros_like(w))
 
   def call(self, history: tf.Tensor, target: tf.Tensor,
            mask: Optional[tf.Tensor] = None) -> tf.Tensor:
@@ -69,4 +78,5 @@ class TargetAttention(tf.keras.layers.Layer):
     return None
 
   def get_config(self):
-    return {**super().get_config(), "units": self.units, "activation": self.activation}
+    return {**super().get_config(), "units": self.units, "activation": self.activation,
+            "softmax": self.softmax}
