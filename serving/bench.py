@@ -106,6 +106,30 @@ def _requests(pool: list[bytes], candidates: int, model_name: str) -> list[bytes
   return out
 
 
+def _predict_calls(target: str, n: int) -> tuple[list, list]:
+  """`n` channels to `target` and a Predict callable on each (serialized requests in)."""
+  channels = [grpc.insecure_channel(target, options=[
+      ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
+      for _ in range(n)]
+  calls = [ch.unary_unary(PREDICT, request_serializer=None,
+                          response_deserializer=predict_pb2.PredictResponse.FromString)
+           for ch in channels]
+  return channels, calls
+
+
+def _timed_predict(call, req: bytes, timeout_s: float, candidates: int
+                   ) -> tuple[float, float, int, Optional[str]]:
+  """(start, seconds, served version or -1 for a wrong output size, gRPC code or None)."""
+  t0 = time.perf_counter()
+  try:
+    resp = call(req, timeout=timeout_s)
+  except grpc.RpcError as e:
+    return t0, time.perf_counter() - t0, -1, e.code().name
+  dt = time.perf_counter() - t0
+  ok = len(resp.outputs["click_prob"].float_val) == candidates
+  return t0, dt, (resp.model_spec.version.value if ok else -1), None
+
+
 def run_cell(target: str, requests: list[bytes], candidates: int, concurrency: int,
              max_requests: int, max_seconds: float, warmup: int, timeout_s: float = 10.0,
              at_fraction: Optional[tuple[float, Any]] = None) -> dict:
@@ -116,12 +140,7 @@ def run_cell(target: str, requests: list[bytes], candidates: int, concurrency: i
   versions: dict[int, int] = {}
   state = {"issued": 0, "fired": False}
   bad_shape = [0]
-  channels = [grpc.insecure_channel(target, options=[
-      ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
-      for _ in range(concurrency)]
-  calls = [ch.unary_unary(PREDICT, request_serializer=None,
-                          response_deserializer=predict_pb2.PredictResponse.FromString)
-           for ch in channels]
+  channels, calls = _predict_calls(target, concurrency)
   for i in range(concurrency):                         # connect + warm each channel
     for k in range(max(1, warmup // concurrency)):
       try:
@@ -144,22 +163,17 @@ def run_cell(target: str, requests: list[bytes], candidates: int, concurrency: i
           state["fired"] = True
       if fire:
         threading.Thread(target=at_fraction[1], daemon=True).start()
-      req = requests[k % len(requests)]
+      _, dt, v, code = _timed_predict(call, requests[k % len(requests)], timeout_s, candidates)
       k += concurrency
-      t0 = time.perf_counter()
-      try:
-        resp = call(req, timeout=timeout_s)
-        dt = time.perf_counter() - t0
-        ok = len(resp.outputs["click_prob"].float_val) == candidates
-        with lock:
+      with lock:
+        if code is not None:
+          codes[code] = codes.get(code, 0) + 1
+        elif v < 0:
           lat.append(dt)
-          v = resp.model_spec.version.value
+          bad_shape[0] += 1
+        else:
+          lat.append(dt)
           versions[v] = versions.get(v, 0) + 1
-          if not ok:
-            bad_shape[0] += 1
-      except grpc.RpcError as e:
-        with lock:
-          codes[e.code().name] = codes.get(e.code().name, 0) + 1
 
   t0 = time.monotonic()
   threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
@@ -195,12 +209,7 @@ def run_swap(target: str, requests: list[bytes], candidates: int, concurrency: i
   records: list[tuple[float, float, int]] = []      # (start, latency, version)
   codes: dict[str, int] = {}
   done = threading.Event()
-  channels = [grpc.insecure_channel(target, options=[
-      ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
-      for _ in range(concurrency)]
-  calls = [ch.unary_unary(PREDICT, request_serializer=None,
-                          response_deserializer=predict_pb2.PredictResponse.FromString)
-           for ch in channels]
+  channels, calls = _predict_calls(target, concurrency)
   for call in calls:
     for k in range(4):
       call(requests[k % len(requests)], timeout=timeout_s)
@@ -208,18 +217,13 @@ def run_swap(target: str, requests: list[bytes], candidates: int, concurrency: i
   def worker(i: int) -> None:
     call, k = calls[i], i
     while not done.is_set():
-      req = requests[k % len(requests)]
+      t0, dt, v, code = _timed_predict(call, requests[k % len(requests)], timeout_s, candidates)
       k += concurrency
-      t0 = time.perf_counter()
-      try:
-        resp = call(req, timeout=timeout_s)
-        dt = time.perf_counter() - t0
-        ok = len(resp.outputs["click_prob"].float_val) == candidates
-        with lock:
-          records.append((t0, dt, resp.model_spec.version.value if ok else -1))
-      except grpc.RpcError as e:
-        with lock:
-          codes[e.code().name] = codes.get(e.code().name, 0) + 1
+      with lock:
+        if code is None:
+          records.append((t0, dt, v))
+        else:
+          codes[code] = codes.get(code, 0) + 1
 
   threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
   for t in threads:
