@@ -434,6 +434,7 @@ def _probe() -> dict:
     g[name] = base
     g[f"{name}/lr3e-3"] = _with(base, protocol={"learning_rate": 3e-3})
     g[f"{name}/drop0.2"] = _regularised(base, 0.2)
+    g[f"{name}/l2_1e-4"] = _with(base, embedding_l2=1e-4)
     g[f"{name}/cos3e-3"] = _with(base, protocol={"learning_rate": 3e-3, "lr_decay": "cosine"})
     g[f"{name}/cos3e-3+drop0.2"] = _with(_regularised(base, 0.2),
                                          protocol={"learning_rate": 3e-3, "lr_decay": "cosine"})
