@@ -136,13 +136,21 @@ class SSRBackbone(BackboneLayer):
     super().build(input_shape)
 
   def call(self, fields, training=None):
-    x = tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])   # [batch, F * dim]
-    for layer in self.ssr_layers:
+    x0 = tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])  # [batch, F * dim]
+    x = self.after_layer(-1, x0, x0, training)
+    for l, layer in enumerate(self.ssr_layers):
       y = layer(x, training=training)                                 # [batch, views * view_dim]
       x = y + x if self.residual and y.shape[-1] == x.shape[-1] else y
+      x = self.after_layer(l, x, x0, training)
       if self.dropout is not None:
         x = self.dropout(x, training=training)
     return x if self.tower is None else self.tower(x, training=training)
+
+  def after_layer(self, where: int, x, x0, training):
+    """What runs after SSR layer `where` (-1: before the first) on its output `x`, given
+    the backbone input `x0`: nothing here; subclasses add blocks (ssr_msn's memories)."""
+    del where, x0, training
+    return x
 
   @property
   def splits_first_layer(self) -> bool:

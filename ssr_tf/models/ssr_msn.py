@@ -123,23 +123,13 @@ class MSNBackbone(SSRBackbone):
   def memory_cfgs(self) -> list[MemoryConfig]:
     return self.cfg.memories
 
-  def _apply_memories(self, where: int, x, x0, training):
+  def after_layer(self, where: int, x, x0, training):
+    """The memories placed after layer `where`, each gated into `x`."""
     for mem, gate, cfg in zip(self.memories, self.gates, self.memory_cfgs):
       if cfg.after_layer == where:
         q = x0 if cfg.query_from == "input" else x
         x = gate([x, mem(q, training=training)])              # [batch, width]
     return x
-
-  def call(self, fields, training=None):
-    x0 = tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])   # [batch, F * dim]
-    x = self._apply_memories(-1, x0, x0, training)
-    for l, layer in enumerate(self.ssr_layers):
-      y = layer(x, training=training)                         # [batch, views * view_dim]
-      x = y + x if self.residual and y.shape[-1] == x.shape[-1] else y
-      x = self._apply_memories(l, x, x0, training)
-      if self.dropout is not None:
-        x = self.dropout(x, training=training)
-    return x if self.tower is None else self.tower(x, training=training)
 
   def memory_usage(self) -> dict:
     """{memory name: ProductKeyMemory.usage()} for the memories that track usage."""
