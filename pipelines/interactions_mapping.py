@@ -28,6 +28,7 @@ import yaml
 
 from ssr_tf.config import from_dict
 from ssr_tf.errors import ConfigError, DataError
+from ssr_tf.features import POOLINGS
 from ssr_tf.pipelines import schema as schema_lib
 from ssr_tf.pipelines import sources
 
@@ -238,9 +239,9 @@ def _validate(m: InteractionMapping, where: str, base: str) -> None:
   if h is not None:
     if h.length < 1:
       raise ConfigError(f"{where}: mapping history.length: must be >= 1, got {h.length}")
-    if h.pooling not in ("attention", "attention_softmax", "mean", "sum"):
-      raise ConfigError(f"{where}: mapping history.pooling: must be attention, "
-                        "attention_softmax, mean or sum")
+    if h.pooling not in POOLINGS:
+      raise ConfigError(f"{where}: mapping history.pooling: must be one of {POOLINGS}, got "
+                        f"{h.pooling!r}")
     names = [f.name or f.column for f in (m.items.features if m.items else [])]
     for i, s in enumerate(h.side_features):
       if s not in names:

@@ -37,7 +37,8 @@ from ssr_tf.config import TASKS, from_dict, yaml_problem
 from ssr_tf.errors import ConfigError
 
 FEATURE_TYPES = ("categorical", "numeric", "multi_categorical", "sequence")
-POOLINGS = ("attention", "attention_softmax", "mean", "sum")
+ATTENTION_POOLINGS = ("attention", "attention_softmax")
+POOLINGS = (*ATTENTION_POOLINGS, "mean", "sum")
 DEFAULT_ATTENTION_UNITS = (80, 40)
 
 
@@ -83,7 +84,8 @@ class Feature:
       embedding table the history items use (required; dtype must match; no table of its own).
     pooling: sequence: attention (DIN target attention, unnormalised weights),
       attention_softmax (the same weights softmax-normalised over the present items), mean
-      or sum over present items; null: attention. Not on side_of members, which use their group's weights.
+      or sum over present items; null: attention. Not on side_of members, which use their
+      group's weights.
     attention_units: sequence: hidden sizes of the attention MLP (sigmoid activations, as
       DIN); null: [80, 40]. Used by the attention poolings only.
     side_of: sequence: the main sequence whose items these values describe (e.g. each

@@ -9,7 +9,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from ssr_tf.features import DEFAULT_ATTENTION_UNITS, Feature, FeatureSpec
+from ssr_tf.features import ATTENTION_POOLINGS, DEFAULT_ATTENTION_UNITS, Feature, FeatureSpec
 from ssr_tf.config import from_dict
 from ssr_tf.layers.dynamic_ids import DynamicIdTable, fingerprint
 from ssr_tf.layers.sequence import TargetAttention
@@ -115,7 +115,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
                                                  softmax=g[0].pooling == "attention_softmax",
                                                  name=f"attention_{g[0].name}")
                       for g in self.spec.sequence_groups() if
-                      (g[0].pooling or "attention").startswith("attention")}
+                      (g[0].pooling or "attention") in ATTENTION_POOLINGS}
     self._step_state = _StepState()
 
   def build(self, input_shape):

@@ -63,10 +63,11 @@ class TargetAttention(tf.keras.layers.Layer):
     for layer in self.hidden:
       x = layer(x)                                                     # [batch, L, units]
     w = tf.squeeze(self.score(x), -1)                                  # [batch, L]
-    present = (tf.ones_like(w, tf.bool) if mask is None else tf.cast(mask, tf.bool))
+    if mask is None:
+      return tf.nn.softmax(w, axis=-1) if self.softmax else w
+    present = tf.cast(mask, tf.bool)
     if self.softmax:
-      w = tf.where(present, w, tf.fill(tf.shape(w), tf.constant(w.dtype.min, w.dtype)))
-      w = tf.nn.softmax(w, axis=-1)
+      w = tf.nn.softmax(tf.where(present, w, w.dtype.min), axis=-1)
     return tf.where(present, w, tf.zeros_like(w))
 
   def call(self, history: tf.Tensor, target: tf.Tensor,
