@@ -106,11 +106,15 @@ def _requests(pool: list[bytes], candidates: int, model_name: str) -> list[bytes
   return out
 
 
+def _channel(target: str) -> grpc.Channel:
+  """A channel to `target` that passes messages up to 64 MiB both ways."""
+  return grpc.insecure_channel(target, options=[
+      ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
+
+
 def _predict_calls(target: str, n: int) -> tuple[list, list]:
   """`n` channels to `target` and a Predict callable on each (serialized requests in)."""
-  channels = [grpc.insecure_channel(target, options=[
-      ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
-      for _ in range(n)]
+  channels = [_channel(target) for _ in range(n)]
   calls = [ch.unary_unary(PREDICT, request_serializer=None,
                           response_deserializer=predict_pb2.PredictResponse.FromString)
            for ch in channels]
@@ -168,11 +172,11 @@ def run_cell(target: str, requests: list[bytes], candidates: int, concurrency: i
       with lock:
         if code is not None:
           codes[code] = codes.get(code, 0) + 1
-        elif v < 0:
-          lat.append(dt)
+          continue
+        lat.append(dt)
+        if v < 0:
           bad_shape[0] += 1
         else:
-          lat.append(dt)
           versions[v] = versions.get(v, 0) + 1
 
   t0 = time.monotonic()
@@ -359,10 +363,7 @@ def interleaved_overhead(target: str, export_dir: str, pool: list[bytes], sizes:
   """
   servable = _servable(export_dir, server_args)
   sig = servable.signature("serving_default")
-  channel = grpc.insecure_channel(target, options=[
-      ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
-  call = channel.unary_unary(PREDICT, request_serializer=None,
-                             response_deserializer=predict_pb2.PredictResponse.FromString)
+  (channel,), (call,) = _predict_calls(target, 1)
   out = []
   for c in sizes:
     arr = _feeds(pool, c)
@@ -421,8 +422,7 @@ def breakdown(target: str, export_dir: str, pool: list[bytes], candidates: int,
   req = predict_pb2.PredictRequest.FromString(raw)
   feeds = {"examples": tensor_to_ndarray("examples", req.inputs["examples"])}
   out = servable.run(sig, feeds)
-  channel = grpc.insecure_channel(target, options=[
-      ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
+  channel = _channel(target)
   predict = channel.unary_unary(PREDICT, request_serializer=None, response_deserializer=None)
   status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus
   sreq = get_model_status_pb2.GetModelStatusRequest()
