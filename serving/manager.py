@@ -7,10 +7,9 @@ hold a reference to the version they started on, so the old version finishes its
 in-flight requests before its session is closed: no request fails during a swap.
 This is TF Serving's availability-preserving policy with one aspired version.
 
-While a version is served, a new one is warmed up on a thread of lower CPU priority
-(``load_nice``; on Linux a thread's nice value is its own), so that its first session
-calls (graph optimisation, the warm-up requests) take the cores only when requests leave
-them idle.
+A new version is warmed up on a thread of lower CPU priority (``load_nice``; Linux keeps
+one nice value per thread), so its first session calls (graph optimisation, the warm-up
+requests) take the cores only when requests leave them idle.
 """
 from __future__ import annotations
 
