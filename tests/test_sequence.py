@@ -157,6 +157,12 @@ def np_attention(layer: TargetAttention, h, t, mask):
   return w, np.einsum("bl,bld->bd", w, h)
 
 
+def np_masked_softmax(logits, mask):
+  """softmax over the present positions of each row; 0 at masked ones and in empty rows."""
+  e = np.exp(logits - logits.max(1, keepdims=True)) * mask
+  return e / np.maximum(e.sum(1, keepdims=True), 1e-30)
+
+
 def test_target_attention_matches_numpy():
   rng = np.random.default_rng(0)
   h = rng.normal(size=(4, 5, 6)).astype(np.float32)
@@ -184,8 +190,7 @@ def test_softmax_attention_normalises_over_present_items():
   out = layer(tf.constant(h), tf.constant(t), mask=tf.constant(mask)).numpy()
   w = layer.weights_of(tf.constant(h), tf.constant(t), tf.constant(mask)).numpy()
   logits, _ = np_attention(layer, h, t, np.ones_like(mask, np.float32))
-  e = np.exp(logits - logits.max(axis=1, keepdims=True)) * mask
-  want = e / np.maximum(e.sum(axis=1, keepdims=True), 1e-30)
+  want = np_masked_softmax(logits, mask.astype(np.float32))
   np.testing.assert_allclose(w, want, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(w[:2].sum(axis=1), 1.0, rtol=1e-6)
   assert np.all(w[~mask] == 0.0)
@@ -235,8 +240,7 @@ def test_feature_embedding_attention_group_matches_numpy(tmp_path, pooling):
   w, pooled = np_attention(emb.attention["hist_movieId"], history,
                            np.concatenate([t_m, t_g], -1), mask)
   if pooling == "attention_softmax":
-    e = np.exp(w - np.where(mask > 0, w, -np.inf).max(1, keepdims=True)) * mask
-    w = e / e.sum(1, keepdims=True)
+    w = np_masked_softmax(w, mask)
     pooled = np.einsum("bl,bld->bd", w, history)
   assert np.all(w[0, :2] != 0) and np.all(w[0, 2:] == 0)     # OOV id 99 (row 0) and padding
   np.testing.assert_allclose(out[:, 2], pooled[:, :4], rtol=1e-5, atol=1e-6)
